@@ -1,0 +1,136 @@
+"""``benchlib`` command line: run, list, env, report, image."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from . import paths
+from .errors import BenchlibError
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .runner import RunOptions, default_suite, describe, run_suite
+
+    suite = default_suite() if args.suite == "auto" else args.suite
+    arms = [name.strip() for name in args.arms.split(",") if name.strip()] if args.arms else None
+    resume = _resolve_resume(args.resume, Path(args.out)) if args.resume else None
+    if args.invocations is not None and args.invocations < 1:
+        raise BenchlibError(f"--invocations must be at least 1, not {args.invocations}.")
+    options = RunOptions(suite=suite, arms=arms, invocations=args.invocations, out=Path(args.out),
+                         resume=resume, skip_unavailable=args.skip_unavailable, progress=not args.no_progress)
+    print(f"suite {suite}" + (f", arms {args.arms}" if args.arms else ""), file=sys.stderr)
+    outcome = run_suite(options, log=lambda message: print(message, file=sys.stderr))
+    print(describe(outcome))
+    if args.report:
+        from .report import build_report
+
+        report = build_report(outcome.run_dir)
+        print(f"report: {report.html}")
+    return 0 if outcome.ok else 1
+
+
+def _resolve_resume(value: str, out_dir: Path) -> Path:
+    if value != "latest":
+        return Path(value)
+    runs = sorted(path.parent for path in out_dir.glob("*/manifest.json"))
+    if not runs:
+        raise BenchlibError(f"--resume: no run to resume under {out_dir}.")
+    return runs[-1]
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    from .suites import load_suite, suite_names
+    from .workloads import registry
+
+    print("suites (params/suites/):")
+    for name in suite_names():
+        try:
+            suite = load_suite(name)
+        except BenchlibError as exc:
+            print(f"  {name:<10} INVALID: {exc}")
+            continue
+        benches = sorted({case.benchmark for case in suite.cases})
+        arms = ",".join(arm.name for arm in suite.arms)
+        print(f"  {name:<10} {len(suite.cases)} cases x {suite.invocations} invocations, arms {arms}; "
+              f"{', '.join(benches)} — {suite.description}")
+    print("benchmarks (notebooks/, params/<benchmark>/):")
+    for name, workload in sorted(registry().items()):
+        files = sorted(path.stem for path in (paths.params_dir() / name).glob("*.yaml"))
+        print(f"  {name:<10} {workload.description}; params: {', '.join(files)}")
+    return 0
+
+
+def _cmd_env(args: argparse.Namespace) -> int:
+    from .fingerprint import capture, to_json
+
+    print(to_json(capture()))
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .report import build_report
+
+    report = build_report(Path(args.run_dir), docs_dir=Path(args.docs) if args.docs else None)
+    for problem in report.problems:
+        print(f"note: {problem}", file=sys.stderr)
+    print(f"report: {report.html}")
+    return 0 if report.comparable else 1
+
+
+def _cmd_image_build(args: argparse.Namespace) -> int:
+    from .engines import build_image
+
+    build_args = dict(item.split("=", 1) for item in args.build_arg)
+    build_image(tag=args.tag, base_image=args.base_image, build_args=build_args, engine=args.engine,
+                repo_dir=paths.repo_root())
+    print(f"built {args.tag}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="benchlib", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run a suite of benchmarks across arms, interleaved")
+    run.add_argument("--suite", default="auto", help="suite name or YAML path; auto: quick with a GPU, smoke without")
+    run.add_argument("--arms", help="comma-separated arm names (baseline first); default: the suite's arms")
+    run.add_argument("--invocations", type=int, help="invocations per case and arm; default: the suite's")
+    run.add_argument("--out", default=str(paths.default_outputs()), help="outputs directory (default: outputs/)")
+    run.add_argument("--resume", nargs="?", const="latest", metavar="RUN_DIR",
+                     help="complete an interrupted run (default: the latest under --out)")
+    run.add_argument("--skip-unavailable", action="store_true",
+                     help="drop arms that fail their preflight check (saying why) instead of stopping")
+    run.add_argument("--report", action="store_true", help="build the HTML report when the run ends")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.set_defaults(handler=_cmd_run)
+
+    commands.add_parser("list", help="show suites, benchmarks and params files").set_defaults(handler=_cmd_list)
+    commands.add_parser("env", help="print this environment's fingerprint as JSON").set_defaults(handler=_cmd_env)
+
+    report = commands.add_parser("report", help="analyse a run and export the HTML report")
+    report.add_argument("run_dir")
+    report.add_argument("--docs", help="docs directory to publish into (default: docs/)")
+    report.set_defaults(handler=_cmd_report)
+
+    image = commands.add_parser("image", help="container images").add_subparsers(dest="image_command", required=True)
+    build = image.add_parser("build", help="build the project image from the Dockerfile")
+    build.add_argument("--tag", default="benchlib:latest")
+    build.add_argument("--base-image", help="BASE_IMAGE build arg (default: the Dockerfile's NGC PyTorch image)")
+    build.add_argument("--build-arg", action="append", default=[], metavar="KEY=VALUE")
+    build.add_argument("--engine", default="docker", choices=["docker", "podman"])
+    build.set_defaults(handler=_cmd_image_build)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except BenchlibError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,62 @@
+"""Load a run: all its invocations' results, telemetry and fingerprints as DataFrames."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from . import schema
+from .bench import ENV_FILE, RESULTS_FILE, TELEMETRY_FILE
+from .errors import BenchlibError
+from .manifest import COMPLETE, Invocation, Manifest
+
+
+def load_manifest(run_dir: str | Path) -> Manifest:
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise BenchlibError(f"run directory {run_dir} does not exist.")
+    return Manifest.load(run_dir)
+
+
+def _complete(run_dir: Path) -> list[Invocation]:
+    return [inv for inv in load_manifest(run_dir).invocations if inv.status == COMPLETE]
+
+
+def load_run(run_dir: str | Path) -> pd.DataFrame:
+    """Every complete invocation's results.parquet, as one tidy DataFrame in the results schema."""
+    run_dir = Path(run_dir)
+    frames = [pd.read_parquet(run_dir / inv.rel_dir / RESULTS_FILE) for inv in _complete(run_dir)]
+    frames = [frame for frame in frames if not frame.empty]
+    if not frames:
+        return schema.empty_results()
+    return schema.conform(pd.concat(frames, ignore_index=True))
+
+
+def load_telemetry(run_dir: str | Path) -> pd.DataFrame:
+    """All telemetry of a run, each row tagged with the invocation it was taken in."""
+    run_dir = Path(run_dir)
+    frames = []
+    for inv in _complete(run_dir):
+        path = run_dir / inv.rel_dir / TELEMETRY_FILE
+        frame = pd.read_parquet(path) if path.is_file() else schema.empty_telemetry()
+        if frame.empty:
+            continue
+        frames.append(frame.assign(run_id=Path(run_dir).name, arm=inv.arm, benchmark=inv.benchmark,
+                                   case=inv.case, invocation=inv.invocation))
+    if not frames:
+        keys = pd.DataFrame({key: pd.Series(dtype="string") for key in schema.INVOCATION_KEYS})
+        return pd.concat([schema.empty_telemetry(), keys], axis=1)
+    return pd.concat(frames, ignore_index=True)
+
+
+def load_envs(run_dir: str | Path) -> dict[tuple[str, str, str, int], dict[str, Any]]:
+    """Fingerprints keyed by (arm, benchmark, case, invocation)."""
+    run_dir = Path(run_dir)
+    envs = {}
+    for inv in _complete(run_dir):
+        path = run_dir / inv.rel_dir / ENV_FILE
+        if path.is_file():
+            envs[(inv.arm, inv.benchmark, inv.case, inv.invocation)] = json.loads(path.read_text())
+    return envs
