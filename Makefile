@@ -25,7 +25,7 @@ setup: $(STAMP)
 
 # Run the default suite (smoke without a GPU, quick with one) on every arm available, then the report.
 run: setup
-	@bash .ci/ensure-image.sh || true
+	@bash .ci/ensure-image.sh
 	$(BENCHLIB) run --suite $(SUITE) --arms $(ARMS) --skip-unavailable --report
 
 # The whole test suite; Docker tests get a real engine and image (CI fails, never skips, without one).

@@ -11,6 +11,16 @@ from typing import Any, Callable
 import pandas as pd
 
 
+def _umask_mode() -> int:
+    """The mode ``open()`` would give a new file (mkstemp's is 0600, unreadable by a container UID)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+_FILE_MODE = _umask_mode()
+
+
 def _write_via_temp(path: Path, write: Callable[[Path], None]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -19,6 +29,7 @@ def _write_via_temp(path: Path, write: Callable[[Path], None]) -> Path:
     tmp = Path(tmp_name)
     try:
         write(tmp)
+        os.chmod(tmp, _FILE_MODE)
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)

@@ -150,10 +150,10 @@ def _run_one(run_dir: Path, manifest: Manifest, invocation: Invocation, arm: Arm
     if inv_dir.exists():  # left by an interrupted attempt: start clean
         shutil.rmtree(inv_dir)
     inv_dir.mkdir(parents=True)
-    engines.prepare_run_dir(run_dir, arm)
     params = {**invocation.params, "output_dir": str(inv_dir), "run_id": manifest.run_id,
               "arm": arm.name, "invocation": invocation.invocation}
     _atomic.write_text(inv_dir / PARAMS_FILE, yaml.safe_dump(params, sort_keys=False))
+    engines.prepare_run_dir(run_dir, arm)  # the container's UID must be able to write here
     python = sys.executable if arm.kind in ("native", "isolated") else "python3"
     argv = [python, "-m", "papermill", str(paths.notebook_for(invocation.benchmark)),
             str(inv_dir / EXECUTED_NOTEBOOK), "-f", str(inv_dir / PARAMS_FILE), "-k", "python3",
@@ -166,6 +166,8 @@ def _run_one(run_dir: Path, manifest: Manifest, invocation: Invocation, arm: Arm
     manifest.save(run_dir)
     began = time.perf_counter()
     error = _launch(command, spec.env if arm.kind == "native" else {}, inv_dir / LOG_FILE, timeout_s)
+    if error and error.startswith("timed out"):
+        engines.stop(arm, spec)  # killing the engine's client leaves its container running
     invocation.duration_s = round(time.perf_counter() - began, 3)
     invocation.ended_at = _now()
     if error is None and not (inv_dir / RESULTS_FILE).is_file():
