@@ -165,7 +165,7 @@ def _run_one(run_dir: Path, manifest: Manifest, invocation: Invocation, arm: Arm
     invocation.status, invocation.started_at, invocation.error = RUNNING, _now(), None
     manifest.save(run_dir)
     began = time.perf_counter()
-    error = _launch(command, spec.env if arm.kind == "native" else {}, inv_dir / LOG_FILE, timeout_s)
+    error = _launch(command, _native_env(spec.env) if arm.kind == "native" else None, inv_dir / LOG_FILE, timeout_s)
     if error and error.startswith("timed out"):
         engines.stop(arm, spec)  # killing the engine's client leaves its container running
     invocation.duration_s = round(time.perf_counter() - began, 3)
@@ -198,9 +198,20 @@ def _arm_env(arm: Arm) -> dict[str, str]:
     return env
 
 
-def _launch(command: list[str], extra_env: dict[str, str], log_path: Path, timeout_s: float) -> str | None:
+def _native_env(arm_env: dict[str, str]) -> dict[str, str]:
+    """A native invocation inherits this process's environment; the repo goes first on PYTHONPATH.
+
+    Container arms get only ``arm_env`` (passed by the engine): the host's environment stays out.
+    """
+    env = {**os.environ, **arm_env}
+    inherited = os.environ.get("PYTHONPATH")
+    if inherited:
+        env["PYTHONPATH"] = os.pathsep.join([arm_env["PYTHONPATH"], inherited])
+    return env
+
+
+def _launch(command: list[str], env: dict[str, str] | None, log_path: Path, timeout_s: float) -> str | None:
     """Run one invocation; return None on success or one line saying why it failed."""
-    env = {**os.environ, **extra_env}
     with open(log_path, "wb") as log:
         try:
             completed = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env,

@@ -10,13 +10,18 @@ confidence half-width of the median (distribution-free, from order statistics) i
 ``target_rel_ci``, or ``max_samples`` or ``max_time_s`` is reached. ``fixed_samples`` switches this
 off (the seed protocol: exactly N iterations).
 
-A note on tiny kernels: because each sample starts from an idle GPU, the event interval of a
-sample shorter than its launch includes the launch latency. Workloads that time tiny kernels
-repeat them ``inner_repeats`` times per sample (the per-call time is the interval divided by that),
-or measure launch latency on purpose.
+Host jitter: because each sample starts from an idle GPU, anything that delays the host between
+recording the start event and launching the work (a GIL hand-off to the telemetry thread, a page
+fault, the scheduler) lands inside the event interval. ``blocking_kernel`` (nvbench's technique)
+first enqueues a spin kernel that keeps the GPU busy while the host enqueues the start event, the
+work and the end event, so the interval holds device time only; the spin grows when the host takes
+longer to enqueue than it covered. Use it for device-bound work (matmul, bandwidth). Leave it off
+where the host's launch cost is what is measured (eager decoding, launch latency); there, or for
+tiny kernels, ``inner_repeats`` runs the work several times per sample.
 """
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
@@ -41,6 +46,7 @@ class TimerConfig:
     fixed_samples: int | None = None
     inner_repeats: int = 1
     flush_l2: bool = False
+    blocking_kernel: bool = False  # GPU only: hide host enqueue jitter behind a spin kernel
 
     def __post_init__(self) -> None:
         checks = {
@@ -122,22 +128,45 @@ def median_ci_rel_halfwidth(values: np.ndarray, confidence: float = 0.95) -> flo
 
 class _CudaClock:
     name = "cuda_event"
+    MAX_SPIN_S = 0.05
 
-    def __init__(self, torch_module: Any, device: Any):
+    def __init__(self, torch_module: Any, device: Any, blocking_kernel: bool = False):
         self.torch = torch_module
         self.device = device
+        self.spin_s = 1e-4 if blocking_kernel else 0.0
+        self.cycles_per_s = _spin_cycles_per_second(torch_module) if blocking_kernel else 0.0
 
     def time(self, fn: Callable[[], Any]) -> float:
         cuda = self.torch.cuda
         start, end = cuda.Event(enable_timing=True), cuda.Event(enable_timing=True)
+        if self.spin_s:
+            cuda._sleep(int(self.spin_s * self.cycles_per_s))
+        enqueue_begin = time.perf_counter()
         start.record()
         fn()
         end.record()
+        enqueue_s = time.perf_counter() - enqueue_begin
         end.synchronize()
+        if self.spin_s and enqueue_s > 0.5 * self.spin_s:  # the spin did not cover the enqueue
+            self.spin_s = min(4 * enqueue_s, self.MAX_SPIN_S)
         return start.elapsed_time(end) / 1e3
 
     def synchronize(self) -> None:
         self.torch.cuda.synchronize(self.device)
+
+
+@functools.lru_cache(maxsize=None)
+def _spin_cycles_per_second(torch_module: Any) -> float:
+    """How many ``torch.cuda._sleep`` cycles make a second on this GPU (measured once)."""
+    cuda = torch_module.cuda
+    cycles = 20_000_000
+    start, end = cuda.Event(enable_timing=True), cuda.Event(enable_timing=True)
+    cuda._sleep(cycles // 10)  # warm the kernel up
+    start.record()
+    cuda._sleep(cycles)
+    end.record()
+    end.synchronize()
+    return cycles / (start.elapsed_time(end) / 1e3)
 
 
 class _CpuClock:
@@ -159,11 +188,11 @@ def _l2_flusher(device: Any) -> Callable[[], None]:
     return lambda: buffer.zero_()
 
 
-def _clock_for(device: Any) -> _CudaClock | _CpuClock:
+def _clock_for(device: Any, blocking_kernel: bool) -> _CudaClock | _CpuClock:
     if str(device).startswith("cuda"):
         import torch
 
-        return _CudaClock(torch, device)
+        return _CudaClock(torch, device, blocking_kernel)
     return _CpuClock()
 
 
@@ -179,7 +208,7 @@ def measure(
     ``before_sample`` (untimed) runs before every sample, e.g. to reset state; with
     ``flush_l2`` a 256 MiB buffer is written first so the L2 starts cold.
     """
-    clock = _clock_for(device)
+    clock = _clock_for(device, config.blocking_kernel)
     flush = _l2_flusher(device) if config.flush_l2 and clock.name == "cuda_event" else None
     repeats = config.inner_repeats
 
