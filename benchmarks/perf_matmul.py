@@ -4,6 +4,9 @@ Run on a GPU, in one process:
 
     python benchmarks/perf_matmul.py [--json figures.json]
 
+Both comparisons alternate their two sides in ABBA order, so drift (the GPU heating up and
+reaching its power cap within seconds) does not favour the side that runs first.
+
 1. For bf16 8192 and fp32 10000: the median TFLOP/s of the benchlib matmul workload (shared timer,
    adaptive stopping at 0.5 %) against ``triton.testing.do_bench(..., return_mode="median")`` on
    the same tensors, interleaved over rounds. Target: within 1 %.
@@ -54,13 +57,22 @@ def do_bench_median_s(n: int, dtype: str, device) -> float:
     return ms / 1e3
 
 
+def abba(rounds: int):
+    """Round r runs A then B when r is even, B then A when odd: drift (heat, power cap) cancels."""
+    for index in range(rounds):
+        yield ("a", "b") if index % 2 == 0 else ("b", "a")
+
+
 def compare_with_do_bench(cases, device, rounds: int) -> list[dict]:
     rows = []
     for n, dtype in cases:
         ours, theirs = [], []
-        for _ in range(rounds):
-            ours.append(workload_median_s(n, dtype, device)[0])
-            theirs.append(do_bench_median_s(n, dtype, device))
+        for order in abba(rounds):
+            for who in order:
+                if who == "a":
+                    ours.append(workload_median_s(n, dtype, device)[0])
+                else:
+                    theirs.append(do_bench_median_s(n, dtype, device))
         flops = 2.0 * n**3
         ours_tf = flops / statistics.median(ours) / 1e12
         theirs_tf = flops / statistics.median(theirs) / 1e12
@@ -73,11 +85,14 @@ def compare_with_do_bench(cases, device, rounds: int) -> list[dict]:
 
 def telemetry_on_off(n: int, dtype: str, device, rounds: int, hz: float) -> dict:
     on, off, polls = [], [], []
-    for _ in range(rounds):
-        off.append(workload_median_s(n, dtype, device)[0])
-        median_on, summary = workload_median_s(n, dtype, device, telemetry_hz=hz)
-        on.append(median_on)
-        polls.append(summary)
+    for order in abba(rounds):
+        for who in order:
+            if who == "a":
+                off.append(workload_median_s(n, dtype, device)[0])
+            else:
+                median_on, summary = workload_median_s(n, dtype, device, telemetry_hz=hz)
+                on.append(median_on)
+                polls.append(summary)
     ratio = statistics.median(on) / statistics.median(off)
     return {"case": f"{dtype} {n}", "hz": hz, "median_off_ms": statistics.median(off) * 1e3,
             "median_on_ms": statistics.median(on) * 1e3, "on_over_off": ratio, "rounds": rounds,
@@ -87,7 +102,7 @@ def telemetry_on_off(n: int, dtype: str, device, rounds: int, hz: float) -> dict
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", type=Path)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--cpu-smoke", action="store_true")
     args = parser.parse_args()
 
@@ -103,6 +118,7 @@ def main() -> int:
         figures["cuda_runtime"] = torch.version.cuda
         figures["do_bench"] = compare_with_do_bench([(8192, "bf16"), (10000, "fp32")], device, args.rounds)
         figures["telemetry"] = [telemetry_on_off(8192, "bf16", device, args.rounds * 2, 100.0),
+                                telemetry_on_off(4096, "tf32", device, args.rounds * 2, 100.0),
                                 telemetry_on_off(10000, "fp32", device, args.rounds, 100.0)]
     else:
         figures["telemetry"] = [telemetry_on_off(128, "fp32", device, 2, 100.0)]
