@@ -26,6 +26,7 @@ class _Entry(BaseModel):
     model_config = ConfigDict(extra="forbid")
     benchmark: str
     params: str  # a file stem under params/<benchmark>/, or a path
+    estimate_s: float | None = Field(None, gt=0)  # seconds one invocation of one case takes, for `benchlib list`
 
 
 class _SuiteFile(BaseModel):
@@ -46,6 +47,7 @@ class PlannedCase:
     params_file: str  # relative to the repository root
     case: str
     values: dict[str, Any]  # the notebook parameters of this case (scalars)
+    estimate_s: float | None = None  # seconds per invocation, from the suite file
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,16 @@ class Suite:
     shuffle_arms: bool
     seed: int
     timeout_s: float
+
+    def estimated_seconds(self, arms_count: int) -> float | None:
+        """Wall time of the whole suite with ``arms_count`` arms: every case's estimate per invocation,
+        times invocations and arms, plus the cool-downs between invocations. None when a suite entry
+        has no ``estimate_s``."""
+        if any(case.estimate_s is None for case in self.cases):
+            return None
+        runs = self.invocations * arms_count
+        total = sum(case.estimate_s for case in self.cases) * runs
+        return total + self.cooldown_s * max(0, len(self.cases) * runs - 1)
 
 
 def suite_names() -> list[str]:
@@ -85,7 +97,8 @@ def load_suite(name_or_path: str) -> Suite:
     arms = [arm_from_spec(entry, source) for entry in spec.arms]
     if len({arm.name for arm in arms}) != len(arms):
         raise ParamsError(f"{source}: two arms share a name; arm names must be unique.")
-    cases = [case for entry in spec.benchmarks for case in expand_entry(entry.benchmark, entry.params, source)]
+    cases = [case for entry in spec.benchmarks
+             for case in expand_entry(entry.benchmark, entry.params, source, entry.estimate_s)]
     _check_unique_cases(cases, source)
     return Suite(path.stem, path, spec.description, spec.invocations, arms, cases,
                  spec.cooldown_s, spec.shuffle_arms, spec.seed, spec.timeout_s)
@@ -98,7 +111,7 @@ def params_path(benchmark: str, params: str) -> Path:
     return paths.params_dir() / benchmark / f"{params}.yaml"
 
 
-def expand_entry(benchmark: str, params: str, source: str) -> list[PlannedCase]:
+def expand_entry(benchmark: str, params: str, source: str, estimate_s: float | None = None) -> list[PlannedCase]:
     """Validate one params file against its workload and return its cases."""
     try:
         workload = get_workload(benchmark)
@@ -113,8 +126,10 @@ def expand_entry(benchmark: str, params: str, source: str) -> list[PlannedCase]:
         raise ParamsError(f"{where}: {exc}") from None
     planned = []
     for case_values in cases:
-        validate(workload.params_model, case_values, where)
-        planned.append(PlannedCase(benchmark, where, case_id(case_values, workload.case_keys), case_values))
+        # The case is named from the validated values, exactly as bench.py names its results,
+        # so a case key left to its default still gets the same name in the plan and the data.
+        validated = validate(workload.params_model, case_values, where).model_dump()
+        planned.append(PlannedCase(benchmark, where, case_id(validated, workload.case_keys), case_values, estimate_s))
     return planned
 
 

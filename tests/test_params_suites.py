@@ -115,3 +115,13 @@ def test_arms_from_specs_and_presets():
         arm_from_spec({"name": "x", "kind": "container", "engine": "runc", "image": "i"})
     with pytest.raises(ParamsError, match="twice"):
         select_arms([Arm("native")], ["native", "native"], "--arms")
+
+
+def test_a_case_key_left_to_its_default_is_named_as_the_results_name_it(tmp_path: Path):
+    from benchlib.schema import case_id
+
+    params = tmp_path / "p.yaml"
+    params.write_text("dtype: bf16\n")  # n left to its default
+    (planned,) = expand_entry("matmul", str(params), "test")
+    validated = validate(MatmulParams, planned.values, "test").model_dump()
+    assert planned.case == case_id(validated, ("n", "dtype")) == "n=256,dtype=bf16"

@@ -1,0 +1,155 @@
+"""The reference backend: the plain-PyTorch Llama decoder with a static KV cache.
+
+``mode: graph`` captures the decode step once per batch size in a CUDA graph (warmed up on a side
+stream first, as the ``torch.cuda.graphs`` documentation asks) and replays it per token;
+``mode: eager`` runs the same step op by op, the CPU-bound regime where a container's CPU limits
+and syscall costs show. The prefill runs eagerly in both modes. ``compile`` wraps the step in
+``torch.compile`` (default mode, no inductor CUDA graphs: the capture stays ours).
+
+Timing: on a GPU a CUDA event is recorded after the prefill and after every decode step; the host
+synchronises once, at the end, so the measurement itself never stalls the pipeline. Token times are
+the event times from a start event recorded right after the wall-clock start stamp. On the CPU the
+work is synchronous and ``perf_counter_ns`` is read after each step.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+from ..device import Device
+from ..errors import SkipCase
+from .base import Backend, BackendConfig, GenerationResult, RequestResult
+from .inputs import Batch, InputSpec
+from .model import ReferenceModel, Session
+
+CAPTURE_WARMUP_STEPS = 3
+
+
+class _EventClock:
+    """CUDA events after each token; read once, after the last."""
+
+    def __init__(self, torch_module: Any, marks: int):
+        self.torch = torch_module
+        self.begin = torch_module.cuda.Event(enable_timing=True)
+        self.events = [torch_module.cuda.Event(enable_timing=True) for _ in range(marks)]
+
+    def start(self) -> None:
+        self.begin.record()
+
+    def mark(self, index: int) -> None:
+        self.events[index].record()
+
+    def offsets_s(self, count: int) -> np.ndarray:
+        self.events[count - 1].synchronize()
+        return np.array([self.begin.elapsed_time(event) / 1e3 for event in self.events[:count]])
+
+
+class _HostClock:
+    """perf_counter_ns after each token: the CPU backend runs synchronously."""
+
+    def __init__(self, marks: int):
+        self.times = np.zeros(marks, dtype=np.int64)
+        self.begin = 0
+
+    def start(self) -> None:
+        self.begin = time.perf_counter_ns()
+
+    def mark(self, index: int) -> None:
+        self.times[index] = time.perf_counter_ns()
+
+    def offsets_s(self, count: int) -> np.ndarray:
+        return (self.times[:count] - self.begin) / 1e9
+
+
+def capture_graph(step: Callable[[], None]):
+    """Warm ``step`` up on a side stream, then capture one call of it in a CUDA graph."""
+    import torch
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(CAPTURE_WARMUP_STEPS):
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    return graph
+
+
+class ReferenceBackend(Backend):
+    """Static-batch generation with the reference model; every request of a batch shares one timeline."""
+
+    def __init__(self, config: BackendConfig, device: Device, model: ReferenceModel | None = None):
+        import torch
+
+        if config.mode == "graph" and not device.is_cuda:
+            raise SkipCase("skipped: mode graph captures a CUDA graph and needs a GPU; use mode eager on the CPU")
+        self.torch, self.device, self.output_len = torch, device, config.output_len
+        self.model = model or ReferenceModel(config.shape, config.dtype, device.torch_device, config.seed)
+        self.session = Session(self.model, config.batch, config.max_tokens, config.output_len)
+        self.kv_cache_bytes = self.session.kv_bytes
+        step = self.session.decode_step
+        if config.compile:
+            step = torch.compile(step, dynamic=False)
+        with torch.inference_mode():
+            self.session.reset()
+            self.step = capture_graph(step).replay if config.mode == "graph" else step
+        self.timer = _EventClock(torch, config.output_len) if device.is_cuda else _HostClock(config.output_len)
+        how = "CUDA graph replay" if config.mode == "graph" else "eager step"
+        per_token = "cuda_event per decode step" if device.is_cuda else "perf_counter per decode step"
+        self.clock = f"{per_token} ({how}{', torch.compile' if config.compile else ''}); prefill eager"
+
+    def generate(self, batch: Batch) -> GenerationResult:
+        torch = self.torch
+        tokens, _ = batch.padded()
+        with torch.inference_mode():
+            prompts = torch.from_numpy(tokens).to(self.device.torch_device)
+            lengths = torch.from_numpy(batch.lengths).to(self.device.torch_device)
+            if self.device.is_cuda:
+                torch.cuda.synchronize(self.device.torch_device)
+            start_ns = time.time_ns()
+            self.timer.start()
+            self.session.prefill(prompts, lengths)
+            self.timer.mark(0)
+            for index in range(1, self.output_len):
+                self.step()
+                self.timer.mark(index)
+            offsets = self.timer.offsets_s(self.output_len)
+            output_ids = self.session.out.cpu().numpy()
+            if not bool(torch.isfinite(self.session.logits).all()):  # after timing: costs no measured time
+                raise RuntimeError("the model produced non-finite logits; the result is wrong, not only slow")
+        requests = tuple(
+            RequestResult(int(length), output_ids[row].copy(), offsets, start_ns)
+            for row, length in enumerate(batch.lengths)
+        )
+        return GenerationResult(requests, shared_timeline=True)
+
+
+def check_graph_matches_eager(shape: str = "llama-1b", dtype: str = "bf16", batch: int = 1, input_len: int = 128,
+                              output_len: int = 64, seed: int = 42, device: str = "cuda") -> dict[str, Any]:
+    """Generate the same prompts with the same weights eagerly and through the CUDA graph.
+
+    Greedy decoding over identical kernels must give identical tokens. Returns ``equal``, the number
+    of differing tokens and the first difference as ``(row, token index)``. Needs a GPU.
+    """
+    from ..device import resolve_device
+    from .model import SHAPES
+
+    target = resolve_device(device)
+    if not target.is_cuda:
+        raise SkipCase("skipped: check_graph_matches_eager needs a GPU (CUDA graphs)")
+    model = ReferenceModel(SHAPES[shape], dtype, target.torch_device, seed)
+    spec = InputSpec(batch, input_len, output_len, SHAPES[shape].vocab, seed=seed)
+    tokens = {}
+    for mode in ("eager", "graph"):
+        config = BackendConfig("reference", SHAPES[shape], dtype, mode, batch, input_len, output_len, seed)
+        result = ReferenceBackend(config, target, model).generate(spec.batch_at(0))
+        tokens[mode] = np.stack([request.output_ids for request in result.requests])
+    differ = np.argwhere(tokens["eager"] != tokens["graph"])
+    return {
+        "equal": not len(differ), "differing_tokens": int(len(differ)), "tokens_compared": int(tokens["eager"].size),
+        "first_difference": tuple(int(i) for i in differ[0]) if len(differ) else None,
+    }
