@@ -34,7 +34,7 @@ class CommonParams(BaseModel):
     flush_l2: bool = False
     telemetry_hz: float = Field(100.0, ge=0)  # 0 switches the NVML sampler off
 
-    def timer_config(self, inner_repeats: int = 1, blocking_kernel: bool = False) -> TimerConfig:
+    def timer_config(self, inner_repeats: int = 1, back_to_back: bool = False) -> TimerConfig:
         return TimerConfig(
             warmup=self.warmup,
             min_samples=min(self.min_samples, self.max_samples),
@@ -44,7 +44,7 @@ class CommonParams(BaseModel):
             fixed_samples=self.fixed_samples,
             inner_repeats=inner_repeats,
             flush_l2=self.flush_l2,
-            blocking_kernel=blocking_kernel,
+            back_to_back=back_to_back,
         )
 
 

@@ -1,27 +1,30 @@
 """The one timer every workload uses.
 
-Device work is timed with CUDA events recorded on the current stream around the work; the host
-synchronises before each sample (so the wall-clock stamps bracket the device work and telemetry can
-be joined to it) and after it (to read the events). CPU work is timed with ``perf_counter_ns``.
-A host clock is never read around asynchronous work.
+Device work is timed with CUDA events recorded on the current stream around the work; each sample
+keeps wall-clock bounds so telemetry can be joined to it. CPU work is timed with
+``perf_counter_ns``. A host clock is never read around asynchronous work.
 
 Stopping is adaptive: after warm-up and ``min_samples``, sampling goes on until the relative 95 %
 confidence half-width of the median (distribution-free, from order statistics) is at most
 ``target_rel_ci``, or ``max_samples`` or ``max_time_s`` is reached. ``fixed_samples`` switches this
 off (the seed protocol: exactly N iterations).
 
-Host jitter: because each sample starts from an idle GPU, anything that delays the host between
-recording the start event and launching the work (a GIL hand-off to the telemetry thread, a page
-fault, the scheduler) lands inside the event interval. ``blocking_kernel`` (nvbench's technique)
-first enqueues a spin kernel that keeps the GPU busy while the host enqueues the start event, the
-work and the end event, so the interval holds device time only; the spin grows when the host takes
-longer to enqueue than it covered. Use it for device-bound work (matmul, bandwidth). Leave it off
-where the host's launch cost is what is measured (eager decoding, launch latency); there, or for
-tiny kernels, ``inner_repeats`` runs the work several times per sample.
+Two ways to sample device work:
+
+* synchronised (default): the host synchronises before every sample, so the GPU starts each one
+  idle. The interval then includes the host's launch of the work (and any host jitter, such as a
+  GIL hand-off to the telemetry thread): right for latency, launch costs and CPU-bound work.
+* ``back_to_back``: samples are enqueued in batches with a start and end event each and no host
+  synchronisation in between; the host stays ahead of the GPU, so the interval holds device time
+  only, and the GPU runs at its sustained duty cycle (power cap included) as in a real loop and as
+  ``triton.testing.do_bench`` measures. An untimed lead-in call fills the queue before each batch.
+  Each sample's wall-clock bounds are anchored on the batch's last event. Use it for device-bound
+  work (matmul, memory bandwidth).
+
+For tiny kernels ``inner_repeats`` runs the work several times per sample.
 """
 from __future__ import annotations
 
-import functools
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
@@ -46,7 +49,7 @@ class TimerConfig:
     fixed_samples: int | None = None
     inner_repeats: int = 1
     flush_l2: bool = False
-    blocking_kernel: bool = False  # GPU only: hide host enqueue jitter behind a spin kernel
+    back_to_back: bool = False  # GPU only: enqueue samples without host syncs (device-bound work)
 
     def __post_init__(self) -> None:
         checks = {
@@ -126,59 +129,73 @@ def median_ci_rel_halfwidth(values: np.ndarray, confidence: float = 0.95) -> flo
     return float(ordered[upper] - ordered[lower]) / 2.0 / median
 
 
+BATCH_SECONDS = 0.2  # target wall time of one batch of samples between stopping checks
+
+
 class _CudaClock:
     name = "cuda_event"
-    MAX_SPIN_S = 0.05
 
-    def __init__(self, torch_module: Any, device: Any, blocking_kernel: bool = False):
+    def __init__(self, torch_module: Any, device: Any, back_to_back: bool):
         self.torch = torch_module
         self.device = device
-        self.spin_s = 1e-4 if blocking_kernel else 0.0
-        self.cycles_per_s = _spin_cycles_per_second(torch_module) if blocking_kernel else 0.0
-
-    def time(self, fn: Callable[[], Any]) -> float:
-        cuda = self.torch.cuda
-        start, end = cuda.Event(enable_timing=True), cuda.Event(enable_timing=True)
-        if self.spin_s:
-            cuda._sleep(int(self.spin_s * self.cycles_per_s))
-        enqueue_begin = time.perf_counter()
-        start.record()
-        fn()
-        end.record()
-        enqueue_s = time.perf_counter() - enqueue_begin
-        end.synchronize()
-        if self.spin_s and enqueue_s > 0.5 * self.spin_s:  # the spin did not cover the enqueue
-            self.spin_s = min(4 * enqueue_s, self.MAX_SPIN_S)
-        return start.elapsed_time(end) / 1e3
+        self.back_to_back = back_to_back
 
     def synchronize(self) -> None:
         self.torch.cuda.synchronize(self.device)
 
+    def sample(self, body: Callable[[], None], count: int, prepare: Callable[[], None]) -> list[Sample]:
+        if not self.back_to_back:
+            return [self._synchronised(body, prepare) for _ in range(count)]
+        return self._back_to_back(body, count, prepare)
 
-@functools.lru_cache(maxsize=None)
-def _spin_cycles_per_second(torch_module: Any) -> float:
-    """How many ``torch.cuda._sleep`` cycles make a second on this GPU (measured once)."""
-    cuda = torch_module.cuda
-    cycles = 20_000_000
-    start, end = cuda.Event(enable_timing=True), cuda.Event(enable_timing=True)
-    cuda._sleep(cycles // 10)  # warm the kernel up
-    start.record()
-    cuda._sleep(cycles)
-    end.record()
-    end.synchronize()
-    return cycles / (start.elapsed_time(end) / 1e3)
+    def _synchronised(self, body: Callable[[], None], prepare: Callable[[], None]) -> Sample:
+        cuda = self.torch.cuda
+        start, end = cuda.Event(enable_timing=True), cuda.Event(enable_timing=True)
+        prepare()
+        self.synchronize()
+        start_ns = time.time_ns()
+        start.record()
+        body()
+        end.record()
+        end.synchronize()
+        return Sample(start.elapsed_time(end) / 1e3, start_ns, time.time_ns())
+
+    def _back_to_back(self, body: Callable[[], None], count: int, prepare: Callable[[], None]) -> list[Sample]:
+        cuda = self.torch.cuda
+        events = [(cuda.Event(enable_timing=True), cuda.Event(enable_timing=True)) for _ in range(count)]
+        self.synchronize()
+        body()  # untimed lead-in: the GPU is busy while the first timed sample is enqueued
+        for start, end in events:
+            prepare()
+            start.record()
+            body()
+            end.record()
+        last = events[-1][1]
+        last.synchronize()
+        anchor_ns = time.time_ns()  # wall clock when the last event had completed
+
+        def wall(event: Any) -> int:
+            return anchor_ns - int(event.elapsed_time(last) * 1e6)
+
+        return [Sample(start.elapsed_time(end) / 1e3, wall(start), wall(end)) for start, end in events]
 
 
 class _CpuClock:
     name = "perf_counter"
 
-    def time(self, fn: Callable[[], Any]) -> float:
-        begin = time.perf_counter_ns()
-        fn()
-        return (time.perf_counter_ns() - begin) / 1e9
-
     def synchronize(self) -> None:
         pass
+
+    def sample(self, body: Callable[[], None], count: int, prepare: Callable[[], None]) -> list[Sample]:
+        samples = []
+        for _ in range(count):
+            prepare()
+            start_ns = time.time_ns()
+            begin = time.perf_counter_ns()
+            body()
+            elapsed = (time.perf_counter_ns() - begin) / 1e9
+            samples.append(Sample(elapsed, start_ns, time.time_ns()))
+        return samples
 
 
 def _l2_flusher(device: Any) -> Callable[[], None]:
@@ -188,11 +205,11 @@ def _l2_flusher(device: Any) -> Callable[[], None]:
     return lambda: buffer.zero_()
 
 
-def _clock_for(device: Any, blocking_kernel: bool) -> _CudaClock | _CpuClock:
+def _clock_for(device: Any, back_to_back: bool) -> _CudaClock | _CpuClock:
     if str(device).startswith("cuda"):
         import torch
 
-        return _CudaClock(torch, device, blocking_kernel)
+        return _CudaClock(torch, device, back_to_back)
     return _CpuClock()
 
 
@@ -206,15 +223,22 @@ def measure(
 
     ``fn`` runs ``config.inner_repeats`` times per sample; each Sample holds seconds per call.
     ``before_sample`` (untimed) runs before every sample, e.g. to reset state; with
-    ``flush_l2`` a 256 MiB buffer is written first so the L2 starts cold.
+    ``flush_l2`` a 256 MiB buffer is written first so the L2 starts cold. Samples are taken in
+    batches of about ``BATCH_SECONDS``; the stopping rule is checked between batches.
     """
-    clock = _clock_for(device, config.blocking_kernel)
+    clock = _clock_for(device, config.back_to_back)
     flush = _l2_flusher(device) if config.flush_l2 and clock.name == "cuda_event" else None
     repeats = config.inner_repeats
 
     def body() -> None:
         for _ in range(repeats):
             fn()
+
+    def prepare() -> None:
+        if before_sample:
+            before_sample()
+        if flush:
+            flush()
 
     for _ in range(config.warmup):
         if before_sample:
@@ -224,19 +248,13 @@ def measure(
 
     samples: list[Sample] = []
     budget_end = time.perf_counter() + config.max_time_s
-    target_n = config.fixed_samples
     while True:
-        if before_sample:
-            before_sample()
-        if flush:
-            flush()
-        clock.synchronize()
-        start_ns = time.time_ns()
-        seconds = clock.time(body) / repeats
-        samples.append(Sample(seconds, start_ns, time.time_ns()))
-        reason = _stop_reason(samples, config, target_n, budget_end)
+        samples.extend(clock.sample(body, _batch_size(samples, config), prepare))
+        reason = _stop_reason(samples, config, budget_end)
         if reason:
             break
+    for index, sample in enumerate(samples):
+        samples[index] = Sample(sample.seconds / repeats, sample.start_ns, sample.end_ns)
     values = np.array([sample.seconds for sample in samples])
     return Measurement(
         samples=samples,
@@ -248,20 +266,27 @@ def measure(
     )
 
 
-def _stop_reason(samples: list[Sample], config: TimerConfig, target_n: int | None, budget_end: float) -> str:
+def _batch_size(samples: list[Sample], config: TimerConfig) -> int:
+    """First the minimum (or the fixed count), then about BATCH_SECONDS of samples, within the cap."""
+    if config.fixed_samples is not None:
+        return config.fixed_samples - len(samples)
+    if len(samples) < config.min_samples:
+        return config.min_samples - len(samples)
+    typical = float(np.median([sample.seconds for sample in samples])) or 1e-9
+    return max(1, min(int(BATCH_SECONDS / typical), config.max_samples - len(samples)))
+
+
+def _stop_reason(samples: list[Sample], config: TimerConfig, budget_end: float) -> str:
     n = len(samples)
-    if target_n is not None:
-        return "fixed_samples" if n >= target_n else ""
+    if config.fixed_samples is not None:
+        return "fixed_samples" if n >= config.fixed_samples else ""
     if n < config.min_samples:
         return ""
     if n >= config.max_samples:
         return "max_samples"
     if time.perf_counter() >= budget_end:
         return "time_budget"
-    # Re-checking the order-statistic CI is O(n log n); doing it every sample is cheap next to
-    # the sample itself, but batch it geometrically for long runs.
-    if n < 64 or n % max(1, n // 16) == 0:
-        values = np.fromiter((sample.seconds for sample in samples), dtype=float, count=n)
-        if median_ci_rel_halfwidth(values) <= config.target_rel_ci:
-            return "target_ci"
+    values = np.fromiter((sample.seconds for sample in samples), dtype=float, count=n)
+    if median_ci_rel_halfwidth(values) <= config.target_rel_ci:
+        return "target_ci"
     return ""
