@@ -184,4 +184,8 @@ def _rate_columns(rate: float, rate_unit: str, row: pd.Series) -> dict[str, Any]
     peak = params.get("peak_tflops") or ceilings.peak_tflops(str(row["device"]), params.get("dtype", ""))
     if rate_unit == "FLOP/s" and peak:
         out["pct_of_peak"] = 100.0 * rate / (peak * 1e12)
+    if rate_unit == "B/s" and "peak_gbs" in params:  # device-memory bandwidth (membw), not host links
+        bandwidth = params["peak_gbs"] or ceilings.peak_mem_bw_gbs(str(row["device"]))
+        if bandwidth:
+            out["pct_of_peak"] = 100.0 * rate / (bandwidth * 1e9)
     return out

@@ -6,7 +6,12 @@ prefers when present. A GPU not in the table gets None: the fraction is then not
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 @dataclass(frozen=True)
@@ -46,3 +51,38 @@ def peak_tflops(device_name: str, dtype: str) -> float | None:
 def peak_mem_bw_gbs(device_name: str) -> float | None:
     spec = spec_for(device_name)
     return spec.mem_bw_gbs if spec else None
+
+
+def measured_ceilings(results: "pd.DataFrame") -> dict[str, dict]:
+    """Ceilings measured in the same run, which the analysis prefers to the datasheet.
+
+    Returns ``{"copy_gbs": {device: GB/s}, "matmul_tflops": {device: {dtype: TFLOP/s}}}``: the
+    best device-memory copy bandwidth (the ``membw`` workload's ``copy``, bytes read + written) and
+    the best matrix-product rate per dtype. "Best" is the highest per-invocation median rate over
+    every case and arm on that device, i.e. the ceiling some arm reached. Empty dicts when the run
+    has no such rows.
+    """
+    copies = _invocation_rates(results, "membw", lambda params: params.get("op") == "copy")
+    products = _invocation_rates(results, "matmul", lambda params: True)
+    copy_gbs = {str(device): float(rate) / 1e9 for device, rate in copies.groupby("device")["rate"].max().items()}
+    matmul: dict[str, dict[str, float]] = {}
+    for (device, dtype), rate in products.groupby(["device", "dtype"])["rate"].max().items():
+        matmul.setdefault(str(device), {})[str(dtype)] = float(rate) / 1e12
+    return {"copy_gbs": copy_gbs, "matmul_tflops": matmul}
+
+
+def _invocation_rates(results: "pd.DataFrame", benchmark: str, keep: Callable[[dict], bool]) -> "pd.DataFrame":
+    """Median rate (work / median time) of each invocation of ``benchmark``'s ``time`` metric."""
+    import pandas as pd
+
+    columns = ["device", "dtype", "rate"]
+    rows = results[(results["benchmark"] == benchmark) & (results["metric"] == "time")
+                   & (results["status"] == "ok") & results["work"].notna()]
+    if rows.empty:
+        return pd.DataFrame(columns=columns)
+    params = rows["params"].map(json.loads)
+    rows = rows[params.map(keep).astype(bool)].assign(dtype=params.map(lambda p: p.get("dtype", "")))
+    grouped = rows.groupby(["arm", "case", "invocation", "device", "dtype"], dropna=False)
+    medians = grouped.agg(value=("value", "median"), work=("work", "first")).reset_index()
+    medians["rate"] = medians["work"] / medians["value"]
+    return medians[columns]

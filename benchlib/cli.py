@@ -40,8 +40,21 @@ def _resolve_resume(value: str, out_dir: Path) -> Path:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    from .suites import load_suite, suite_names
+    from .suites import Suite, load_suite, suite_names
     from .workloads import registry
+
+    def minutes(seconds: float) -> str:
+        return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
+
+    def estimate(suite: Suite) -> str:
+        """``~12 min per arm (24 min for 2 arms)``, from the suite entries' ``estimate_s``."""
+        per_arm = suite.estimated_seconds(1)
+        if per_arm is None:
+            unknown = sorted({case.benchmark for case in suite.cases if case.estimate_s is None})
+            return f"duration unknown (no estimate_s for {', '.join(unknown)})"
+        arms = len(suite.arms)
+        return f"~{minutes(per_arm)} per arm" + (f" ({minutes(suite.estimated_seconds(arms))} for {arms} arms)"
+                                                  if arms > 1 else "")
 
     print("suites (params/suites/):")
     for name in suite_names():
@@ -53,11 +66,12 @@ def _cmd_list(args: argparse.Namespace) -> int:
         benches = sorted({case.benchmark for case in suite.cases})
         arms = ",".join(arm.name for arm in suite.arms)
         print(f"  {name:<10} {len(suite.cases)} cases x {suite.invocations} invocations, arms {arms}; "
-              f"{', '.join(benches)} — {suite.description}")
+              f"{estimate(suite)}; {', '.join(benches)} — {suite.description}")
     print("benchmarks (notebooks/, params/<benchmark>/):")
+    width = max(map(len, registry()), default=10)
     for name, workload in sorted(registry().items()):
         files = sorted(path.stem for path in (paths.params_dir() / name).glob("*.yaml"))
-        print(f"  {name:<10} {workload.description}; params: {', '.join(files)}")
+        print(f"  {name:<{width}} {workload.description}; params: {', '.join(files)}")
     return 0
 
 
@@ -85,6 +99,16 @@ def _cmd_image_build(args: argparse.Namespace) -> int:
     build_image(tag=args.tag, base_image=args.base_image, build_args=build_args, engine=args.engine,
                 repo_dir=paths.repo_root())
     print(f"built {args.tag}")
+    return 0
+
+
+def _cmd_image_export(args: argparse.Namespace) -> int:
+    from .oci import export_image
+
+    record = export_image(args.image, Path(args.dir), engine=args.engine, force=args.force,
+                          log=lambda message: print(message, file=sys.stderr))
+    print(f"exported {args.image} ({record['image_id']}) into {Path(args.dir).resolve()}; use it as the "
+          "`image` of a rootfs arm")
     return 0
 
 
@@ -120,6 +144,12 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--build-arg", action="append", default=[], metavar="KEY=VALUE")
     build.add_argument("--engine", default="docker", choices=["docker", "podman"])
     build.set_defaults(handler=_cmd_image_build)
+    export = image.add_parser("export", help="unpack an image's filesystem into DIR for the rootfs arm")
+    export.add_argument("image", help="image name or ID, e.g. benchlib:latest")
+    export.add_argument("dir", help="an empty or new folder (it gets DIR/.benchlib-image.json)")
+    export.add_argument("--engine", default="docker", choices=["docker", "podman"])
+    export.add_argument("--force", action="store_true", help="replace an earlier export in DIR")
+    export.set_defaults(handler=_cmd_image_export)
     return parser
 
 

@@ -1,0 +1,140 @@
+"""Helpers the workloads share: per-call scaling, one-reading metrics, and what the host allows.
+
+The host facts (CPU quota and throttling, memory limits, /dev/shm) are recorded as result metrics
+by ``cpu_bound``, ``memcap`` and ``shm_dataloader``, not only in the fingerprint. cgroup v2 files
+are read by their own names; v1 files are mapped onto them (``cpu.cfs_quota_us`` and
+``cpu.cfs_period_us`` -> cpu.max, ``throttled_time`` ns -> ``throttled_usec``,
+``memory.limit_in_bytes`` -> memory.max). A file that cannot be read gives None, never an error.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from ..timer import Measurement, Sample
+from . import Metric
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+#: cgroup v1 reports "no memory limit" as a page-rounded LONG_MAX; anything this large is no limit.
+_UNLIMITED_V1 = 2**62
+
+
+@dataclass(frozen=True)
+class CpuQuota:
+    """cgroup cpu.max as text (``"max 100000"``, ``"200000 100000"``) and in cores (None: no quota)."""
+
+    text: str | None
+    cores: float | None
+
+
+def per_call(measurement: Measurement, calls: int) -> Measurement:
+    """The measurement with every sample divided by ``calls`` (one sample ran that many)."""
+    samples = [Sample(s.seconds / calls, s.start_ns, s.end_ns) for s in measurement.samples]
+    return replace(measurement, samples=samples)
+
+
+def point_metric(name: str, unit: str, value: float, note: str = "") -> Metric:
+    """A metric with one sample that is a reading, not a time: the value is stored as the sample."""
+    now = time.time_ns()
+    return Metric(name, unit, [Sample(float(value), now, now)], note=note)
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return None
+
+
+def _is_v2() -> bool:
+    return (CGROUP_ROOT / "cgroup.controllers").exists()
+
+
+def cgroup_dir(controller: str) -> Path | None:
+    """This process's cgroup folder for ``controller`` (v2: the unified hierarchy), or None.
+
+    Inside a container with its own cgroup namespace the path in /proc/self/cgroup is not under
+    the mount; the mount itself is then the process's cgroup.
+    """
+    v2 = _is_v2()
+    for line in (_read(Path("/proc/self/cgroup")) or "").splitlines():
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        _, controllers, path = parts
+        if (v2 and controllers == "") or (not v2 and controller in controllers.split(",")):
+            mount = CGROUP_ROOT if v2 else CGROUP_ROOT / controller
+            candidate = mount / path.lstrip("/")
+            return candidate if candidate.is_dir() else mount
+    return None
+
+
+def cpu_quota() -> CpuQuota:
+    """The CPU quota of this process's cgroup."""
+    base = cgroup_dir("cpu")
+    if base is None:
+        return CpuQuota(None, None)
+    if _is_v2():
+        text = _read(base / "cpu.max")
+    else:
+        quota, period = _read(base / "cpu.cfs_quota_us"), _read(base / "cpu.cfs_period_us")
+        text = None if period is None else f"{'max' if quota in (None, '-1') else quota} {period}"
+    return CpuQuota(text, parse_cpu_max(text))
+
+
+def parse_cpu_max(text: str | None) -> float | None:
+    """Cores a cpu.max line allows (``"200000 100000"`` -> 2.0); None for ``max`` or unreadable."""
+    quota, _, period = (text or "max").partition(" ")
+    if quota.isdigit() and period.isdigit() and int(period) > 0:
+        return int(quota) / int(period)
+    return None
+
+
+def cpu_throttling() -> dict[str, int | None]:
+    """cgroup cpu.stat ``nr_throttled`` and ``throttled_usec`` (None where unreadable)."""
+    base = cgroup_dir("cpu")
+    text = _read(base / "cpu.stat") if base is not None else None
+    stat: dict[str, int] = {}
+    for line in (text or "").splitlines():
+        key, _, value = line.partition(" ")
+        if value.strip().isdigit():
+            stat[key] = int(value)
+    if "throttled_time" in stat and "throttled_usec" not in stat:  # v1 counts nanoseconds
+        stat["throttled_usec"] = stat["throttled_time"] // 1000
+    return {"nr_throttled": stat.get("nr_throttled"), "throttled_usec": stat.get("throttled_usec")}
+
+
+def memory_max() -> int | None:
+    """cgroup memory.max in bytes; None when there is no limit or it cannot be read."""
+    base = cgroup_dir("memory")
+    if base is None:
+        return None
+    text = _read(base / "memory.max") if _is_v2() else _read(base / "memory.limit_in_bytes")
+    if text is None or not text.isdigit() or int(text) >= _UNLIMITED_V1:
+        return None
+    return int(text)
+
+
+def meminfo_bytes(key: str) -> int | None:
+    """A ``/proc/meminfo`` field (e.g. ``MemAvailable``) in bytes, or None."""
+    for line in (_read(Path("/proc/meminfo")) or "").splitlines():
+        name, _, rest = line.partition(":")
+        if name == key and rest.split():
+            return int(rest.split()[0]) * 1024
+    return None
+
+
+def shm_space(path: str = "/dev/shm") -> tuple[int, int] | None:
+    """(size, free) bytes of the shared-memory filesystem, or None when it does not exist."""
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return None
+    return st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize
+
+
+def affinity_count() -> int:
+    """CPUs this process may run on (its affinity mask, which a cpuset narrows)."""
+    return len(os.sched_getaffinity(0))
