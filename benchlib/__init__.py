@@ -3,7 +3,7 @@
 The public API is small; everything else is private to its module. Names load lazily, so the
 command line starts without importing torch or pandas.
 
-- :func:`run_benchmark` — what a benchmark notebook calls.
+- :func:`run_benchmark`, :func:`notebook_parameters` — what a benchmark notebook calls.
 - :func:`load_run`, :func:`load_telemetry`, :func:`load_envs`, :func:`load_manifest` — a run.
 - :func:`measure`, :class:`TimerConfig`, :class:`Measurement` — the shared timer.
 - :class:`NvmlSampler` — background NVML telemetry.
@@ -19,6 +19,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "BenchResult": ("bench", "BenchResult"),
     "run_benchmark": ("bench", "run_benchmark"),
+    "notebook_parameters": ("bench", "notebook_parameters"),
     "capture_fingerprint": ("fingerprint", "capture"),
     "load_envs": ("results", "load_envs"),
     "load_manifest": ("results", "load_manifest"),

@@ -72,6 +72,20 @@ def run_benchmark(
     return BenchResult(results, telemetry, env, Path(output_dir) if output_dir is not None else None)
 
 
+RUN_KEYS = ("output_dir", "run_id", "arm", "invocation")
+
+
+def notebook_parameters(benchmark: str, namespace: dict[str, Any]) -> dict[str, Any]:
+    """The benchmark's parameters from a notebook's namespace (its parameters cell plus what papermill
+    injected): every field of the workload's params model and the runner's keys that are defined.
+
+    A notebook passes ``**notebook_parameters("matmul", globals())`` to :func:`run_benchmark`, so a
+    key set in a params file is never dropped because the call did not list it.
+    """
+    fields = set(get_workload(benchmark).params_model.model_fields) | set(RUN_KEYS)
+    return {key: value for key, value in namespace.items() if key in fields}
+
+
 def write_invocation(directory: Path, results: pd.DataFrame, telemetry: pd.DataFrame, env: dict) -> None:
     """Write the three files atomically; results last, so its presence means the set is whole."""
     _atomic.write_json(directory / ENV_FILE, fingerprint.redact(env))

@@ -29,6 +29,7 @@ class CommonParams(BaseModel):
     min_samples: int = Field(10, ge=1)
     max_samples: int = Field(200, ge=1)
     max_time_s: float = Field(30.0, gt=0)
+    min_time_s: float = Field(0.0, ge=0)
     target_rel_ci: float = Field(0.005, gt=0, lt=1)
     fixed_samples: int | None = Field(None, ge=1)
     flush_l2: bool = False
@@ -40,6 +41,7 @@ class CommonParams(BaseModel):
             min_samples=min(self.min_samples, self.max_samples),
             max_samples=self.max_samples,
             max_time_s=self.max_time_s,
+            min_time_s=min(self.min_time_s, self.max_time_s),
             target_rel_ci=self.target_rel_ci,
             fixed_samples=self.fixed_samples,
             inner_repeats=inner_repeats,

@@ -4,9 +4,11 @@ Device work is timed with CUDA events recorded on the current stream around the 
 keeps wall-clock bounds so telemetry can be joined to it. CPU work is timed with
 ``perf_counter_ns``. A host clock is never read around asynchronous work.
 
-Stopping is adaptive: after warm-up and ``min_samples``, sampling goes on until the relative 95 %
-confidence half-width of the median (distribution-free, from order statistics) is at most
-``target_rel_ci``, or ``max_samples`` or ``max_time_s`` is reached. ``fixed_samples`` switches this
+Stopping is adaptive: after warm-up, ``min_samples`` and ``min_time_s``, sampling goes on until the
+relative 95 % confidence half-width of the median (distribution-free, from order statistics) is at
+most ``target_rel_ci``, or ``max_samples`` or ``max_time_s`` is reached. ``min_time_s`` measures a
+GPU in its sustained state: an H100 running bf16 products back to back reaches its power cap
+within about a second, and a few hundred milliseconds of samples would measure the cold burst. ``fixed_samples`` switches this
 off (the seed protocol: exactly N iterations).
 
 Two ways to sample device work:
@@ -45,6 +47,7 @@ class TimerConfig:
     min_samples: int = 10
     max_samples: int = 200
     max_time_s: float = 30.0
+    min_time_s: float = 0.0  # keep sampling at least this long (a GPU reaches its power cap in ~1 s)
     target_rel_ci: float = 0.005
     fixed_samples: int | None = None
     inner_repeats: int = 1
@@ -57,6 +60,7 @@ class TimerConfig:
             "min_samples": self.min_samples >= 1,
             "max_samples": self.max_samples >= self.min_samples,
             "max_time_s": self.max_time_s > 0,
+            "min_time_s": 0 <= self.min_time_s <= self.max_time_s,
             "target_rel_ci": self.target_rel_ci > 0,
             "inner_repeats": self.inner_repeats >= 1,
             "fixed_samples": self.fixed_samples is None or self.fixed_samples >= 1,
@@ -247,10 +251,10 @@ def measure(
     clock.synchronize()
 
     samples: list[Sample] = []
-    budget_end = time.perf_counter() + config.max_time_s
+    began = time.perf_counter()
     while True:
         samples.extend(clock.sample(body, _batch_size(samples, config), prepare))
-        reason = _stop_reason(samples, config, budget_end)
+        reason = _stop_reason(samples, config, time.perf_counter() - began)
         if reason:
             break
     for index, sample in enumerate(samples):
@@ -276,7 +280,7 @@ def _batch_size(samples: list[Sample], config: TimerConfig) -> int:
     return max(1, min(int(BATCH_SECONDS / typical), config.max_samples - len(samples)))
 
 
-def _stop_reason(samples: list[Sample], config: TimerConfig, budget_end: float) -> str:
+def _stop_reason(samples: list[Sample], config: TimerConfig, elapsed_s: float) -> str:
     n = len(samples)
     if config.fixed_samples is not None:
         return "fixed_samples" if n >= config.fixed_samples else ""
@@ -284,8 +288,10 @@ def _stop_reason(samples: list[Sample], config: TimerConfig, budget_end: float) 
         return ""
     if n >= config.max_samples:
         return "max_samples"
-    if time.perf_counter() >= budget_end:
+    if elapsed_s >= config.max_time_s:
         return "time_budget"
+    if elapsed_s < config.min_time_s:
+        return ""
     values = np.fromiter((sample.seconds for sample in samples), dtype=float, count=n)
     if median_ci_rel_halfwidth(values) <= config.target_rel_ci:
         return "target_ci"

@@ -32,8 +32,9 @@ from benchlib.workloads.matmul import MatmulParams, _math_mode, _torch_dtype, ru
 
 
 def workload_median_s(n: int, dtype: str, device, telemetry_hz: float = 0.0) -> float:
-    params = MatmulParams(n=n, dtype=dtype, warmup=10, min_samples=30, max_samples=400, max_time_s=20,
-                          target_rel_ci=0.005)
+    # Sustained regime, like do_bench(warmup=200 ms, rep=2000 ms): at least 2 s of samples.
+    params = MatmulParams(n=n, dtype=dtype, warmup=10, min_samples=30, max_samples=5000, max_time_s=20,
+                          min_time_s=2.0, target_rel_ci=0.005)
     if telemetry_hz:
         with NvmlSampler(hz=telemetry_hz) as sampler:
             metrics = run(params, device)

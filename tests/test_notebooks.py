@@ -54,3 +54,13 @@ def test_notebooks_are_committed_thin_and_clean(repo: Path, bench_name: str):
     assert sum("parameters" in cell["metadata"].get("tags", []) for cell in code) == 1
     assert "benchlib." in "".join(code[-1]["source"])
     assert len(code) <= 3
+
+
+def test_a_params_key_missing_from_the_parameters_cell_still_reaches_the_workload(repo: Path, tmp_path: Path):
+    """papermill injects every key; notebook_parameters passes on whatever the params model knows."""
+    out_dir = tmp_path / "inv"
+    done = _papermill(repo, "membw", tmp_path / "out.ipynb", "-f", "params/membw/smoke.yaml",
+                      "-p", "output_dir", str(out_dir), "-p", "min_time_s", "0.05")
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = pd.read_parquet(out_dir / "results.parquet")
+    assert {json.loads(p)["min_time_s"] for p in results["params"]} == {0.05}

@@ -78,3 +78,14 @@ def test_before_sample_runs_untimed_before_every_sample():
 def test_bad_config_is_one_clear_error(field, value):
     with pytest.raises(ParamsError, match=field):
         TimerConfig(**{field: value})
+
+
+def test_min_time_keeps_sampling_after_the_target_is_met():
+    config = TimerConfig(warmup=0, min_samples=5, max_samples=100_000, target_rel_ci=0.5, min_time_s=0.3,
+                         max_time_s=5)
+    begin = time.perf_counter()
+    measurement = measure(lambda: sum(range(1000)), "cpu", config)
+    assert time.perf_counter() - begin >= 0.3
+    assert measurement.stop_reason == "target_ci"
+    with pytest.raises(ParamsError, match="min_time_s"):
+        TimerConfig(min_time_s=10, max_time_s=1)
