@@ -28,6 +28,12 @@ How each engine launches an invocation (DESIGN.md, "Arms"):
   ``docker-daemon://IMAGE``. This launcher follows the Apptainer 1.x CLI documentation but could not
   be run where it was written (no Apptainer there): only its argv is unit-tested.
 
+* ``isolated`` (engine ``runc``) and ``rootfs`` (engine ``chroot``): ``HOST_PYTHON
+  benchlib/_oci_launch.py PLAN`` and ``HOST_PYTHON benchlib/_chroot_launch.py PLAN``, built by
+  :mod:`benchlib.oci` (which documents what each gets); both run as the invoking user.
+  :func:`stop` kills and deletes an isolated invocation's runc container; ``benchlib image export``
+  (:func:`benchlib.oci.export_image`) makes the folder a rootfs arm enters.
+
 Who runs inside the container: the invoking user's UID:GID, so that files in the run directory
 belong to them. When the invoker is root (CI), the container runs as UID:GID 1000:1000 instead, the
 image's non-root user, so that results describe a non-root container; the run directory must then
@@ -55,6 +61,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from . import oci
 from .arms import DEFAULT_IMAGE, Arm
 from .errors import BenchlibError, PreflightError
 
@@ -106,6 +113,12 @@ def launch_argv(arm: Arm, spec: LaunchSpec, host_has_gpu: bool, *, cdi: bool | N
         return _oci_argv(arm, spec, host_has_gpu, cdi)
     if arm.kind == "container" and arm.engine == "apptainer":
         return _apptainer_argv(arm, spec, host_has_gpu)
+    if arm.kind == "isolated" and arm.engine == "runc":
+        return oci.isolated_argv(arm, list(spec.argv), oci.isolated_env(spec.env, FORWARDED_ENV), spec.repo_dir,
+                                 spec.run_dir, spec.workdir, wants_gpus(arm, host_has_gpu), container_name(spec))
+    if arm.kind == "rootfs" and arm.engine == "chroot":
+        return oci.rootfs_argv(arm, list(spec.argv), dict(spec.env), spec.repo_dir, spec.run_dir, spec.workdir,
+                               wants_gpus(arm, host_has_gpu))
     raise PreflightError(
         f"arm {arm.name!r}: benchlib cannot launch a {arm.kind} arm with engine {arm.engine!r} yet; "
         "use a native or container arm (docker, podman, apptainer)."
@@ -205,6 +218,8 @@ def stop(arm: Arm, spec: LaunchSpec) -> None:
     if arm.kind == "container" and arm.engine in OCI_ENGINES and shutil.which(arm.engine):
         subprocess.run([arm.engine, "rm", "-f", container_name(spec)], capture_output=True,
                        timeout=QUERY_TIMEOUT_S, check=False)
+    elif arm.kind == "isolated":
+        oci.stop_isolated(container_name(spec))
 
 
 def prepare_run_dir(run_dir: Path, arm: Arm | int, gid: int | None = None) -> None:
@@ -242,6 +257,10 @@ def image_digest(engine: str, image: str) -> str | None:
     ``.sif`` file's SHA-256 (cached by path, size and mtime) or the Docker image's for
     ``docker-daemon://`` images.
     """
+    if engine == "chroot":  # a rootfs arm: the image the folder was exported from
+        return oci.rootfs_digest(image)
+    if engine in ("runc", "host"):
+        return None
     if engine == "apptainer":
         ref = apptainer_image_ref(image)
         if ref.startswith("docker-daemon://"):
@@ -419,6 +438,10 @@ def preflight(arm: Arm, repo_dir: Path, run_dir: Path, host_has_gpu: bool) -> di
         return _preflight_oci(arm, repo_dir, run_dir, host_has_gpu)
     if arm.kind == "container" and arm.engine == "apptainer":
         return _preflight_apptainer(arm, repo_dir, run_dir, host_has_gpu)
+    if arm.kind == "isolated" and arm.engine == "runc":
+        return _preflight_isolated(arm, repo_dir, run_dir, host_has_gpu)
+    if arm.kind == "rootfs" and arm.engine == "chroot":
+        return _preflight_rootfs(arm, repo_dir, run_dir, host_has_gpu)
     launch_argv(arm, LaunchSpec([], repo_dir, run_dir, run_dir), host_has_gpu)  # raises for unknown kinds
     raise PreflightError(f"arm {arm.name!r}: no preflight check for engine {arm.engine!r}; use a native or container arm.")
 
@@ -505,7 +528,8 @@ def _probe(arm: Arm, repo_dir: Path, run_dir: Path, host_has_gpu: bool) -> dict[
 
         def attempt(with_arm_flags: bool) -> tuple[subprocess.CompletedProcess, float]:
             probe_arm = arm if with_arm_flags else _without_flags(arm)
-            spec = LaunchSpec(argv=["python3", "-c", _PROBE, str(scratch / "probe"), str(repo_dir)],
+            python = sys.executable if arm.kind == "isolated" else "python3"  # as the runner launches it
+            spec = LaunchSpec(argv=[python, "-c", _PROBE, str(scratch / "probe"), str(repo_dir)],
                               repo_dir=repo_dir, run_dir=scratch, workdir=scratch,
                               env={"PYTHONPATH": str(repo_dir), "BENCHLIB_REPO": str(repo_dir)}, name=name)
             began = time.perf_counter()
@@ -513,11 +537,15 @@ def _probe(arm: Arm, repo_dir: Path, run_dir: Path, host_has_gpu: bool) -> dict[
                 done = _run(launch_argv(arm=probe_arm, spec=spec, host_has_gpu=host_has_gpu), PROBE_TIMEOUT_S)
             except subprocess.TimeoutExpired:
                 stop(probe_arm, spec)
+                check = {"runc": "`runc --root /run/benchlib-runc/state list`", "chroot": "the processes left running"}
                 raise PreflightError(f"{where}: a trial container did not finish within {PROBE_TIMEOUT_S} s; "
-                                     f"check `{arm.engine} ps` and the engine's health, then retry.") from None
+                                     f"check {check.get(arm.engine, f'`{arm.engine} ps`')} and the engine's "
+                                     "health, then retry.") from None
             return done, time.perf_counter() - began
 
         done, elapsed = attempt(with_arm_flags=True)
+        if done.returncode != 0 and arm.kind in ("isolated", "rootfs"):
+            _explain_failed_local_probe(arm, done)
         if done.returncode != 0:
             _explain_failed_probe(arm, done, attempt, host_has_gpu)
         facts = _parse_probe(arm, done)
@@ -565,6 +593,34 @@ def _explain_failed_probe(arm: Arm, done: subprocess.CompletedProcess, attempt, 
                          f"({detail}); rebuild the image with `benchlib image build` and retry.")
 
 
+def _explain_failed_local_probe(arm: Arm, done: subprocess.CompletedProcess) -> None:
+    """A failed trial run of an isolated (runc) or rootfs (chroot) arm, in one sentence."""
+    where = f"arm {arm.name!r}"
+    detail = _first_error_line(done.stderr or done.stdout).rstrip('"')  # runc logs msg="..."
+    lowered = detail.lower()
+    if arm.kind == "isolated":
+        if "cgroup" in lowered:
+            fix = ("cgroups could not be set up for the container; run as root where /sys/fs/cgroup is writable, or "
+                   "drop the arm's --cpus/--cpuset-*/--memory*/--pids-limit flags")
+        elif "rlimit" in lowered:
+            fix = ("runc may not raise that ulimit here (benchlib's own hard limit is lower and it lacks "
+                   "CAP_SYS_RESOURCE), so raise the hard limit (`ulimit -H`) or drop that --ulimit from the arm")
+        elif "seccomp" in lowered:
+            fix = "fix or drop the arm's --security-opt seccomp=PATH"
+        elif done.returncode in (126, 127):
+            fix = f"the host python {sys.executable} could not be started inside the container"
+        else:
+            fix = "see `runc --root /run/benchlib-runc/state list` and the message, and fix the arm's flags or runc"
+        raise PreflightError(f"{where}: the trial run under runc failed with exit code {done.returncode} ({detail}); "
+                             f"{fix}.")
+    if done.returncode in (126, 127):
+        raise PreflightError(f"{where}: the exported image at {oci.rootfs_dir(arm)} has no runnable python3 "
+                             f"({detail}); export an image that has one with `benchlib image export`.")
+    raise PreflightError(f"{where}: the trial run chrooted into {oci.rootfs_dir(arm)} failed with exit code "
+                         f"{done.returncode} ({detail}); run benchlib as root (or where user namespaces are "
+                         "allowed) and re-export the image with `benchlib image export --force` if it persists.")
+
+
 def _parse_probe(arm: Arm, done: subprocess.CompletedProcess) -> dict[str, Any]:
     for line in reversed(done.stdout.splitlines()):
         if line.startswith(PREFLIGHT_MARK):
@@ -573,11 +629,43 @@ def _parse_probe(arm: Arm, done: subprocess.CompletedProcess) -> dict[str, Any]:
             except json.JSONDecodeError:
                 break
     detail = _first_error_line(done.stderr or done.stdout)
+    if arm.kind in ("isolated", "rootfs"):
+        inside = "under runc" if arm.kind == "isolated" else f"chrooted into {oci.rootfs_dir(arm)}"
+        raise PreflightError(f"arm {arm.name!r}: the trial run {inside} printed no report ({detail}); run "
+                             "`benchlib env` there by hand to see why, then retry.")
     raise PreflightError(f"arm {arm.name!r}: the trial run inside {arm.image} printed no report ({detail}); "
                          "rebuild the image with `benchlib image build` and retry.")
 
 
+def _judge_local_probe(arm: Arm, facts: dict[str, Any], run_dir: Path, host_has_gpu: bool) -> None:
+    """The trial run's verdict for an isolated (host userland) or rootfs (image userland) arm."""
+    where = f"arm {arm.name!r}"
+    if arm.kind == "isolated":
+        inside = "the isolated container"
+        fix = f"install the project into {sys.executable}'s environment (`make setup`)"
+    else:
+        inside = f"the rootfs {oci.rootfs_dir(arm)}"
+        fix = "export an image built from this project's Dockerfile (`benchlib image export benchlib:latest DIR`)"
+    if not facts.get("run_dir_writable"):
+        raise PreflightError(f"{where}: UID {facts.get('uid')} in {inside} cannot write under {run_dir} "
+                             f"({facts.get('write_error')}); make the outputs folder writable by that user.")
+    if not facts.get("repo_readable"):
+        raise PreflightError(f"{where}: {inside} cannot read the checkout; check its permissions.")
+    if facts.get("missing_modules"):
+        raise PreflightError(f"{where}: {inside} lacks {', '.join(facts['missing_modules'])}; {fix}.")
+    if "torch_error" in facts:
+        raise PreflightError(f"{where}: torch does not import in {inside} ({facts['torch_error']}); {fix}.")
+    if host_has_gpu and wants_gpus(arm, host_has_gpu):
+        seen = max(len(facts.get("nvidia_smi_gpus") or []), int(facts.get("torch_gpu_count") or 0))
+        if seen == 0:
+            raise PreflightError(f"{where}: the host has a GPU but none is visible in {inside}; check that "
+                                 "/dev/nvidia* exist and the driver libraries are found (`ldconfig -p | grep "
+                                 "libcuda`), or set `gpus: none` on the arm to measure without GPUs.")
+
+
 def _judge_probe(arm: Arm, facts: dict[str, Any], run_dir: Path, host_has_gpu: bool) -> None:
+    if arm.kind in ("isolated", "rootfs"):
+        return _judge_local_probe(arm, facts, run_dir, host_has_gpu)
     where, image = f"arm {arm.name!r}", arm.image
     uid = facts.get("uid")
     if not facts.get("run_dir_writable"):
@@ -625,3 +713,83 @@ def _preflight_apptainer(arm: Arm, repo_dir: Path, run_dir: Path, host_has_gpu: 
                              "image_digest": image_digest("apptainer", image)}
     facts.update(_probe(arm, repo_dir, run_dir, host_has_gpu))
     return facts
+
+
+def _preflight_isolated(arm: Arm, repo_dir: Path, run_dir: Path, host_has_gpu: bool) -> dict[str, Any]:
+    """runc present, root, cgroups where limits are asked for, GPU nodes where GPUs are wanted, a trial run."""
+    where = f"arm {arm.name!r}"
+    runc = oci.runc_binary()
+    if runc is None:
+        raise PreflightError(oci._runc_missing(arm))
+    if os.geteuid() != 0:
+        raise PreflightError(f"{where}: the isolated arm needs root (runc creates its namespaces, cgroups and "
+                             "device nodes; rootless runc is not supported here); run benchlib as root (sudo) or "
+                             "leave the arm out.")
+    flags = oci.parse_run_flags(arm)
+    cgroups = oci.cgroup_support()
+    if flags.has_cgroup_limits and not cgroups["writable"]:
+        raise PreflightError(f"{where}: its flags ask for cgroup limits but cgroups cannot be created here "
+                             f"({cgroups['why']}); run where /sys/fs/cgroup is writable or drop "
+                             "--cpus/--cpuset-*/--memory*/--pids-limit from the arm.")
+    gpus = wants_gpus(arm, host_has_gpu)
+    nodes = oci.nvidia_device_nodes() if gpus else []
+    if gpus and not nodes:
+        raise PreflightError(f"{where}: GPUs are wanted but there are no /dev/nvidia* device nodes to pass in; "
+                             "load the NVIDIA driver (`nvidia-smi` creates them) or set `gpus: none` on the arm.")
+    try:
+        version = _run([runc, "--version"], QUERY_TIMEOUT_S).stdout.splitlines()
+    except (OSError, subprocess.TimeoutExpired):
+        version = []
+    config = oci.bundle_config(arm, ["true"], {}, repo_dir, run_dir, run_dir, gpus, cgroups["writable"], "preflight")
+    facts: dict[str, Any] = {
+        "engine": "runc", "runc": runc, "engine_version": version[0].split()[-1] if version else None,
+        "cgroups": cgroups, "rootless_cgroups": not cgroups["writable"],
+        "namespaces": [ns["type"] for ns in config["linux"]["namespaces"]],
+        "capabilities": config["process"]["capabilities"]["bounding"],
+        "shm_bytes": flags.shm_size if not flags.ipc_host else "host",
+        "seccomp": flags.seccomp or "none (Docker would apply its default profile)",
+        "resources": {k: v for k, v in config["linux"]["resources"].items() if k != "devices"},
+        "gpu_device_nodes": [str(node) for node in nodes],
+        "host_mounts_bound_ro": [m["destination"] for m in config["mounts"] if m["options"] == ["bind", "ro"]],
+    }
+    facts.update(_probe(arm, repo_dir, run_dir, host_has_gpu))
+    return facts
+
+
+def _preflight_rootfs(arm: Arm, repo_dir: Path, run_dir: Path, host_has_gpu: bool) -> dict[str, Any]:
+    """An exported image, chroot possible, the driver libraries where GPUs are wanted, a trial run."""
+    where = f"arm {arm.name!r}"
+    directory = oci.rootfs_dir(arm)
+    record = oci.read_rootfs_record(directory)
+    if record is None:
+        raise PreflightError(oci._rootfs_missing(arm, directory))
+    oci.parse_run_flags(arm)
+    if os.geteuid() != 0 and not _userns_works():
+        raise PreflightError(f"{where}: entering the rootfs needs root or unprivileged user namespaces, and this "
+                             "machine allows neither to this user; run benchlib as root (sudo) or leave the arm out.")
+    gpus = wants_gpus(arm, host_has_gpu)
+    libs = oci.driver_libraries() if gpus else {}
+    if gpus and not any(name.startswith("libcuda.so") for name in libs):
+        raise PreflightError(f"{where}: GPUs are wanted but no NVIDIA driver library (libcuda.so) was found on this "
+                             "host (`ldconfig -p`, /usr/local/nvidia/lib64, LD_LIBRARY_PATH) to bind into the "
+                             "rootfs; add the driver's folder to LD_LIBRARY_PATH or set `gpus: none` on the arm.")
+    facts: dict[str, Any] = {
+        "engine": "chroot", "image": str(directory), "image_id": record.get("image_id"),
+        "image_digest": record.get("image_digest"), "image_created": record.get("image_created"),
+        "exported_from": record.get("image"), "exported_at": record.get("exported_at"),
+        "entrypoint": record.get("entrypoint"),
+        "driver_libraries": libs if gpus else "GPUs not wanted: nothing bound",
+        "driver_binaries": oci.driver_binaries() if gpus else {},
+    }
+    if gpus is False and host_has_gpu is False:
+        facts["driver_libraries"] = "no GPU on this host: no driver libraries to bind"
+    facts.update(_probe(arm, repo_dir, run_dir, host_has_gpu))
+    return facts
+
+
+def _userns_works() -> bool:
+    try:
+        return subprocess.run(["unshare", "--user", "--map-current-user", "true"], capture_output=True,
+                              timeout=QUERY_TIMEOUT_S, check=False).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False

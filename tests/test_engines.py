@@ -178,10 +178,14 @@ def test_apptainer_image_references():
     assert engines.apptainer_image_ref("benchlib:latest") == "docker-daemon://benchlib:latest"
 
 
-def test_unsupported_kinds_say_so(spec):
-    for name in ("isolated", "rootfs"):
-        with pytest.raises(PreflightError, match=f"arm '{name}'"):
-            launch_argv(BUILTIN_ARMS[name], spec, host_has_gpu=False)
+def test_isolated_and_rootfs_say_what_is_missing(spec, monkeypatch, tmp_path):
+    # Launched for real in tests/test_isolated_rootfs.py; here only the one-sentence refusals.
+    monkeypatch.setenv("BENCHLIB_RUNC", "/nonexistent/runc")
+    with pytest.raises(PreflightError, match="arm 'isolated'.*apt-get install runc"):
+        launch_argv(BUILTIN_ARMS["isolated"], spec, host_has_gpu=False)
+    monkeypatch.setenv("BENCHLIB_ROOTFS", str(tmp_path / "no-such-rootfs"))
+    with pytest.raises(PreflightError, match="arm 'rootfs'.*benchlib image export"):
+        launch_argv(BUILTIN_ARMS["rootfs"], spec, host_has_gpu=False)
 
 
 def test_container_name_is_stable_per_workdir(spec, tmp_path):
