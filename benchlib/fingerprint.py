@@ -277,7 +277,18 @@ def _process() -> dict[str, Any]:
         "pid": os.getpid(),
         "pid1_name": pid1,
         "pid_namespace_pid1": os.getpid() == 1 or (pid1 is not None and pid1 not in _HOST_INITS),
+        # The kernel's namespace ids: two arms in the same namespace show the same id, whatever
+        # the machine itself runs in (a host that is already a container looks "containerised").
+        "namespaces": {name: _readlink(f"/proc/self/ns/{name}")
+                       for name in ("pid", "net", "ipc", "uts", "mnt", "cgroup", "user")},
     }
+
+
+def _readlink(path: str) -> str | None:
+    try:
+        return os.readlink(path)
+    except OSError:
+        return None
 
 
 # --------------------------------------------------------------------------- versions, torch, GPUs
@@ -617,4 +628,10 @@ def _root_mount() -> tuple[str, str] | None:
 
 def _mounts() -> dict[str, Any]:
     root = _root_mount()
-    return {"root_fstype": root[0] if root else None, "root_source": root[1] if root else None}
+    try:
+        interfaces: list[str] | None = sorted(os.listdir("/sys/class/net"))
+    except OSError:
+        interfaces = None
+    return {"root_fstype": root[0] if root else None, "root_source": root[1] if root else None,
+            "root_readonly": bool(os.statvfs("/").f_flag & os.ST_RDONLY),
+            "network_interfaces": interfaces}
