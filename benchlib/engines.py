@@ -425,6 +425,20 @@ print(__MARK__ + json.dumps(facts), flush=True)
 """.replace("__MARK__", repr(PREFLIGHT_MARK))
 
 
+def python_path(arm: Arm, repo_dir: Path) -> str:
+    """PYTHONPATH for an invocation: the repository first, so every arm runs the same benchlib.
+
+    Arms on the host's own userland (native, isolated) keep the host's PYTHONPATH after it, so both
+    see the same Python environment; arms with an image's userland (container, rootfs) get the
+    repository alone.
+    """
+    entries = [str(repo_dir)]
+    inherited = os.environ.get("PYTHONPATH")
+    if inherited and arm.kind in ("native", "isolated"):
+        entries.append(inherited)
+    return os.pathsep.join(entries)
+
+
 def preflight(arm: Arm, repo_dir: Path, run_dir: Path, host_has_gpu: bool) -> dict[str, Any]:
     """Check that ``arm`` can run here; return facts for the manifest or raise PreflightError.
 
@@ -531,7 +545,7 @@ def _probe(arm: Arm, repo_dir: Path, run_dir: Path, host_has_gpu: bool) -> dict[
             python = sys.executable if arm.kind == "isolated" else "python3"  # as the runner launches it
             spec = LaunchSpec(argv=[python, "-c", _PROBE, str(scratch / "probe"), str(repo_dir)],
                               repo_dir=repo_dir, run_dir=scratch, workdir=scratch,
-                              env={"PYTHONPATH": str(repo_dir), "BENCHLIB_REPO": str(repo_dir)}, name=name)
+                              env={"PYTHONPATH": python_path(arm, repo_dir), "BENCHLIB_REPO": str(repo_dir)}, name=name)
             began = time.perf_counter()
             try:
                 done = _run(launch_argv(arm=probe_arm, spec=spec, host_has_gpu=host_has_gpu), PROBE_TIMEOUT_S)

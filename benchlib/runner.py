@@ -165,7 +165,10 @@ def _run_one(run_dir: Path, manifest: Manifest, invocation: Invocation, arm: Arm
     invocation.status, invocation.started_at, invocation.error = RUNNING, _now(), None
     manifest.save(run_dir)
     began = time.perf_counter()
-    error = _launch(command, _native_env(spec.env) if arm.kind == "native" else None, inv_dir / LOG_FILE, timeout_s)
+    # A native invocation inherits this process's environment; other arms get only spec.env,
+    # passed by their engine, so the host's environment stays out of them.
+    env = {**os.environ, **spec.env} if arm.kind == "native" else None
+    error = _launch(command, env, inv_dir / LOG_FILE, timeout_s)
     if error and error.startswith("timed out"):
         engines.stop(arm, spec)  # killing the engine's client leaves its container running
     invocation.duration_s = round(time.perf_counter() - began, 3)
@@ -185,7 +188,7 @@ def _arm_env(arm: Arm) -> dict[str, str]:
         "BENCHLIB_ARM_KIND": arm.kind,
         "BENCHLIB_ENGINE": arm.engine,
         "BENCHLIB_RUN_FLAGS": json.dumps(list(arm.run_flags)),
-        "PYTHONPATH": str(paths.repo_root()),
+        "PYTHONPATH": engines.python_path(arm, paths.repo_root()),
         "PYTHONUNBUFFERED": "1",
         "BENCHLIB_REPO": str(paths.repo_root()),
     }
@@ -195,18 +198,6 @@ def _arm_env(arm: Arm) -> dict[str, str]:
         if digest:
             env["BENCHLIB_IMAGE_DIGEST"] = digest
     env.update(arm.env)
-    return env
-
-
-def _native_env(arm_env: dict[str, str]) -> dict[str, str]:
-    """A native invocation inherits this process's environment; the repo goes first on PYTHONPATH.
-
-    Container arms get only ``arm_env`` (passed by the engine): the host's environment stays out.
-    """
-    env = {**os.environ, **arm_env}
-    inherited = os.environ.get("PYTHONPATH")
-    if inherited:
-        env["PYTHONPATH"] = os.pathsep.join([arm_env["PYTHONPATH"], inherited])
     return env
 
 
