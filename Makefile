@@ -30,6 +30,7 @@ run: setup
 
 # The whole test suite; Docker tests get a real engine and image (CI fails, never skips, without one).
 test: setup
+	@bash .ci/setup-browser.sh || [ "$$CI" != "true" ]
 	@bash .ci/build-images.sh || { [ "$$CI" = "true" ] && exit 1; echo "note: no container engine here; Docker tests will skip"; }
 	$(PY) -m pytest
 

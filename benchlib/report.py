@@ -544,41 +544,34 @@ def analyse(run_dir: str | Path | None = None, margin: float = 0.02, baseline: s
     arms = ([chosen] if chosen else []) + [arm for arm in planned if arm != chosen]
     results, missing = _read_results(run_dir, manifest)
     telemetry = load_telemetry(run_dir).assign(run_id=manifest.run_id)  # the folder may have been renamed
-    comparison, not_compared = _compare(results, telemetry, chosen, margin)
+    comparison = _compare(results, telemetry, chosen, margin)
     problems = (_arm_problems(manifest, arms, chosen, baseline, results)
                 + _invocation_problems(manifest, missing, run_dir)
-                + _case_problems(results, arms) + not_compared + _stat_problems(comparison))
+                + _case_problems(results, arms) + _stat_problems(comparison))
     return Analysis(run_dir=run_dir, manifest=manifest, arms=arms, baseline=chosen, margin=margin, results=results,
                     telemetry=telemetry, comparison=comparison, env_diff=envdiff.env_diff(load_envs(run_dir), arms),
                     problems=problems)
 
 
 def _compare(results: pd.DataFrame, telemetry: pd.DataFrame, baseline: str | None,
-             margin: float) -> tuple[pd.DataFrame, list[str]]:
-    """stats.compare against the baseline (with telemetry, also without throttled samples), and a
-    problem line for each benchmark × metric it could not compare.
+             margin: float) -> pd.DataFrame:
+    """stats.compare against the baseline (with telemetry, also without throttled samples).
 
-    It runs once per benchmark × metric: Holm's families and the per-row bootstrap seeds lie within
-    one, so the numbers are those of a single call, and one metric that breaks the statistics
-    (all zeros, say) costs only its own rows. Metrics with no successful sample, and those the
-    baseline lacks, are left out: the run's problems already say why.
+    Metrics the baseline has no successful sample of are left out: the run's problems already say why.
     """
     empty = pd.DataFrame(columns=stats.COMPARE_COLUMNS)
     if baseline is None:
-        return empty, []
+        return empty
     frame = results if telemetry.empty else stats.mark_throttled(results, telemetry)
     method = stats.compare if telemetry.empty else stats.compare_with_without_throttled
-    ok = set(map(tuple, _ok(frame)[["benchmark", "metric", "arm"]].drop_duplicates().to_numpy().tolist()))
-    parts, problems = [], []
-    for (benchmark, metric), group in frame.groupby(["benchmark", "metric"], sort=False):
-        if (benchmark, metric, baseline) not in ok:
-            continue
-        try:
-            with np.errstate(divide="ignore", invalid="ignore"):
-                parts.append(method(group, baseline=baseline, margin=margin))
-        except (ValueError, OverflowError) as exc:
-            problems.append(f"{benchmark} {metric} could not be compared: {type(exc).__name__}: {exc}")
-    return (pd.concat(parts, ignore_index=True) if parts else empty), problems
+    base_ok = _ok(frame)
+    measured = set(map(tuple, base_ok.loc[base_ok["arm"] == baseline, ["benchmark", "metric"]].to_numpy().tolist()))
+    keep = [key in measured for key in zip(frame["benchmark"], frame["metric"])]
+    subset = frame[keep]
+    if subset.empty:
+        return empty
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return method(subset, baseline=baseline, margin=margin)
 
 
 # --------------------------------------------------------------------------- summaries beside the run

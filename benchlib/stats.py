@@ -325,7 +325,8 @@ def _compare_one(
     stat_base = np.median(med_base) if base.size else np.nan
     ci_low = ci_high = np.nan
     if min(arm.size, base.size) >= MIN_INVOCATIONS:
-        boot = sampler.hierarchical(arm, n_boot, rng) / sampler.hierarchical(base, n_boot, rng)
+        with np.errstate(divide="ignore", invalid="ignore"):  # a zero baseline: the verdict says so
+            boot = sampler.hierarchical(arm, n_boot, rng) / sampler.hierarchical(base, n_boot, rng)
         tail = (1 - CONFIDENCE) / 2 * 100
         ci_low, ci_high = np.percentile(boot, [tail, 100 - tail])
     p_welch, p_mwu, p_tost = _secondary_tests(med_arm, med_base, margin)
@@ -351,6 +352,9 @@ def _verdict(row: Any, margin: float) -> tuple[str, str, str | None]:
     if min(row.n_inv_arm, row.n_inv_base) < MIN_INVOCATIONS:
         return ("too_few", f"too few invocations for a confidence interval ({row.n_inv_base} {row.baseline}, "
                 f"{row.n_inv_arm} {row.arm}; need ≥ {MIN_INVOCATIONS} each)", None)
+    if not np.isfinite(row.ratio):
+        return ("undefined", f"no ratio: the baseline's median is {row.median_base:g} and {row.arm}'s "
+                f"{row.median_arm:g}; compare the values directly", None)
     if row.p_tost_holm < ALPHA:
         return "equivalent", f"no overhead beyond {margin * 100:g} %", None
     if row.ci_low > 1 or row.ci_high < 1:

@@ -335,3 +335,17 @@ def test_performance_fifty_cases():
     print(f"\ncompare + summarise, 50 cases x 3 arms x 10 inv x 200 samples, 2000 resamples: {elapsed:.2f} s")
     assert len(out) == 100 and len(summary) == 150
     assert elapsed < 60
+
+
+def test_a_zero_baseline_gives_an_undefined_verdict_not_a_crash():
+    rows = []
+    for arm in ("native", "container"):
+        for invocation in range(1, 4):
+            for sample in range(3):
+                rows.append({"run_id": "r", "arm": arm, "benchmark": "cpu_bound", "case": "c", "params": "{}",
+                             "invocation": invocation, "sample": sample, "metric": "nr_throttled_delta",
+                             "unit": "count", "value": 0.0, "work": np.nan, "work_unit": None, "start_ns": 0,
+                             "end_ns": 1, "device": "cpu", "status": "ok", "note": ""})
+    out = stats.compare(pd.DataFrame(rows), baseline="native")
+    assert out["verdict_code"].tolist() == ["undefined"]
+    assert "no ratio" in out["verdict"].iloc[0]
