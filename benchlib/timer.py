@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from scipy import stats
@@ -254,7 +254,7 @@ def measure(
     began = time.perf_counter()
     while True:
         samples.extend(clock.sample(body, _batch_size(samples, config), prepare))
-        reason = _stop_reason(samples, config, time.perf_counter() - began)
+        reason = stop_reason([sample.seconds for sample in samples], config, time.perf_counter() - began)
         if reason:
             break
     for index, sample in enumerate(samples):
@@ -280,8 +280,10 @@ def _batch_size(samples: list[Sample], config: TimerConfig) -> int:
     return max(1, min(int(BATCH_SECONDS / typical), config.max_samples - len(samples)))
 
 
-def _stop_reason(samples: list[Sample], config: TimerConfig, elapsed_s: float) -> str:
-    n = len(samples)
+def stop_reason(seconds: Sequence[float], config: TimerConfig, elapsed_s: float) -> str:
+    """Why sampling should stop now ("" to go on): the one stopping rule, also used by workloads
+    that time their samples themselves (the LLM backends)."""
+    n = len(seconds)
     if config.fixed_samples is not None:
         return "fixed_samples" if n >= config.fixed_samples else ""
     if n < config.min_samples:
@@ -292,7 +294,6 @@ def _stop_reason(samples: list[Sample], config: TimerConfig, elapsed_s: float) -
         return "time_budget"
     if elapsed_s < config.min_time_s:
         return ""
-    values = np.fromiter((sample.seconds for sample in samples), dtype=float, count=n)
-    if median_ci_rel_halfwidth(values) <= config.target_rel_ci:
+    if median_ci_rel_halfwidth(np.asarray(seconds, dtype=float)) <= config.target_rel_ci:
         return "target_ci"
     return ""

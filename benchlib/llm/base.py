@@ -15,7 +15,7 @@ from typing import Literal
 
 import numpy as np
 
-from ..timer import TimerConfig, median_ci_rel_halfwidth
+from ..timer import TimerConfig, stop_reason
 from .inputs import Batch, InputSpec
 from .model import ModelShape
 
@@ -132,10 +132,10 @@ def run_scenario(backend: Backend, spec: InputSpec, config: TimerConfig) -> tupl
     for index in range(config.warmup):
         _checked(backend.generate(spec.batch_at(index)), spec)
     results: list[GenerationResult] = []
-    deadline = time.perf_counter() + config.max_time_s
+    began = time.perf_counter()
     while True:
         results.append(_checked(backend.generate(spec.batch_at(config.warmup + len(results))), spec))
-        reason = _stop_reason([result.span_s for result in results], config, deadline)
+        reason = stop_reason([result.span_s for result in results], config, time.perf_counter() - began)
         if reason:
             return results, reason
 
@@ -148,18 +148,3 @@ def _checked(result: GenerationResult, spec: InputSpec) -> GenerationResult:
             f"{spec.batch} with exactly {spec.output_len} (EOS must be ignored)"
         )
     return result
-
-
-def _stop_reason(spans: list[float], config: TimerConfig, deadline: float) -> str:
-    n = len(spans)
-    if config.fixed_samples is not None:
-        return "fixed_samples" if n >= config.fixed_samples else ""
-    if n < config.min_samples:
-        return ""
-    if n >= config.max_samples:
-        return "max_samples"
-    if time.perf_counter() >= deadline:
-        return "time_budget"
-    if median_ci_rel_halfwidth(np.array(spans)) <= config.target_rel_ci:
-        return "target_ci"
-    return ""
