@@ -83,6 +83,8 @@ MECHANISMS: tuple[Mechanism, ...] = (
               "arm itself (namespace ids change with every container)",
               ("container.*", "arm.*", "env.BENCHLIB_ARM_KIND", "env.BENCHLIB_ENGINE", "env.BENCHLIB_IMAGE*",
                "env.BENCHLIB_RUN_FLAGS", "process.namespaces.*", "process.pid_namespace_pid1", "process.pid1_name")),
+    Mechanism("library versions", "the image's own transformers/triton/... run different code paths for the same call",
+              ("versions.*",)),
 )
 
 DIFF_COLUMNS_HEAD = ["key", "mechanism", "why"]

@@ -31,6 +31,11 @@ ENV_PREFIXES = ("CUDA_", "NVIDIA_", "TORCH_", "NCCL_", "OMP_", "PYTORCH_", "MKL_
 ENGINES = ("docker", "podman", "apptainer", "enroot", "containerd", "kubernetes", "runc")
 IMAGE_IDENTITY = Path("/etc/benchlib/image.json")
 #: What the runner sets in every arm (benchlib.engines), by fingerprint key.
+#: Packages whose version can change a workload's speed (an image pins its own).
+PERF_PACKAGES = ("triton", "transformers", "safetensors", "tensorrt_llm", "flash_attn", "pandas",
+                 "pyarrow", "scipy", "mkl", "intel-openmp", "nvidia-cublas-cu12", "nvidia-cublas",
+                 "nvidia-cudnn-cu12", "nvidia-cudnn-cu13", "nvidia-nccl-cu12", "nvidia-nccl-cu13")
+
 ARM_ENV = {
     "name": "BENCHLIB_ARM",
     "kind": "BENCHLIB_ARM_KIND",
@@ -294,13 +299,19 @@ def _readlink(path: str) -> str | None:
 # --------------------------------------------------------------------------- versions, torch, GPUs
 
 def _versions(torch: ModuleType | None, nvml: ModuleType | None, nvml_status: str) -> dict[str, Any]:
-    def benchlib_version() -> str | None:
-        from importlib.metadata import PackageNotFoundError, version
+    def installed(package: str) -> Callable[[], str | None]:
+        """The installed distribution's version from its metadata (nothing is imported)."""
+        def read() -> str | None:
+            from importlib.metadata import PackageNotFoundError, version
 
-        try:
-            return version("benchlib")
-        except PackageNotFoundError:
-            return getattr(sys.modules.get("benchlib"), "__version__", None)
+            try:
+                return version(package)
+            except PackageNotFoundError:
+                return None
+        return read
+
+    def benchlib_version() -> str | None:
+        return installed("benchlib")() or getattr(sys.modules.get("benchlib"), "__version__", None)
 
     def nvml_call(name: str) -> Callable[[], Any]:
         return lambda: _text(getattr(nvml, name)()) if nvml else nvml_status
@@ -324,6 +335,8 @@ def _versions(torch: ModuleType | None, nvml: ModuleType | None, nvml_status: st
         "cuda_driver": cuda_driver,
         "numpy": lambda: _import("numpy").__version__,
         "benchlib": benchlib_version,
+        # the rest of the stack a workload's speed depends on: a container's image pins its own
+        **{name: installed(name) for name in PERF_PACKAGES},
     })
 
 
