@@ -27,12 +27,12 @@ For tiny kernels ``inner_repeats`` runs the work several times per sample.
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Sequence
 
 import numpy as np
-from scipy import stats
 
 from .errors import ParamsError
 
@@ -123,7 +123,7 @@ def median_ci_rel_halfwidth(values: np.ndarray, confidence: float = 0.95) -> flo
     ordered = np.sort(values)
     alpha = 1.0 - confidence
     # [x_(r), x_(n+1-r)] (1-based) with r the alpha/2 binomial quantile covers >= 95 %.
-    lower = int(stats.binom.ppf(alpha / 2, n, 0.5)) - 1  # 0-based index of x_(r)
+    lower = binomial_half_quantile(alpha / 2, n) - 1  # 0-based index of x_(r)
     upper = n - 1 - lower
     if lower < 0 or upper >= n or lower >= upper:
         return float("inf")
@@ -134,6 +134,21 @@ def median_ci_rel_halfwidth(values: np.ndarray, confidence: float = 0.95) -> flo
 
 
 BATCH_SECONDS = 0.2  # target wall time of one batch of samples between stopping checks
+
+
+def binomial_half_quantile(q: float, n: int) -> int:
+    """The smallest k with P(B <= k) >= q for B ~ Binomial(n, 1/2), exactly (in log space).
+
+    What ``scipy.stats.binom.ppf(q, n, 0.5)`` returns; computed here because importing scipy.stats
+    costs about half a second in every benchmark kernel.
+    """
+    log_norm = math.lgamma(n + 1) - n * math.log(2.0)
+    cumulative = 0.0
+    for k in range(n + 1):
+        cumulative += math.exp(log_norm - math.lgamma(k + 1) - math.lgamma(n - k + 1))
+        if cumulative >= q * (1 - 1e-12):
+            return k
+    return n
 
 
 class _CudaClock:

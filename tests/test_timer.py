@@ -89,3 +89,13 @@ def test_min_time_keeps_sampling_after_the_target_is_met():
     assert measurement.stop_reason == "target_ci"
     with pytest.raises(ParamsError, match="min_time_s"):
         TimerConfig(min_time_s=10, max_time_s=1)
+
+
+def test_binomial_quantile_matches_scipy():
+    from scipy import stats
+
+    from benchlib.timer import binomial_half_quantile
+
+    for n in (6, 7, 10, 31, 100, 101, 999, 5000):
+        for q in (0.005, 0.025, 0.05, 0.5):
+            assert binomial_half_quantile(q, n) == int(stats.binom.ppf(q, n, 0.5)), (q, n)
