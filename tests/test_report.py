@@ -27,14 +27,15 @@ pytestmark = [pytest.mark.notebook, pytest.mark.slow]
 
 XSS = "<script>alert(1)</script>"
 XSS_ARM = "solo<img src=x onerror=alert(1)>"
-TWO_ARM_SUITE = f"""
+TWO_DTYPE_PARAMS = "n: 128\ndtype: [fp32, bf16]\nwarmup: 2\nmin_samples: 10\nmax_samples: 40\nmax_time_s: 2.0\ntarget_rel_ci: 0.02\n"
+TWO_ARM_SUITE = """
 description: native vs native with one OpenMP thread, smoke-sized
 invocations: 3
 arms:
   - native
-  - {{name: native-1thread, kind: native, env: {{OMP_NUM_THREADS: "1", NCCL_XSS_PROBE: "{XSS}"}}}}
+  - {{name: native-1thread, kind: native, env: {{OMP_NUM_THREADS: "1", NCCL_XSS_PROBE: "{xss}"}}}}
 benchmarks:
-  - {{benchmark: matmul, params: smoke}}
+  - {{benchmark: matmul, params: {params}}}
 """
 GPU = "cuda:0 NVIDIA H100 80GB HBM3"
 WATTS = {"native": 300.0, "native-1thread": 200.0}
@@ -70,7 +71,10 @@ def _build(run_dir: Path, docs: Path) -> Built:
 @functools.cache
 def built_two_arm(base: Path) -> Built:
     root = base / "two-arm"
-    return _build(_run(root, TWO_ARM_SUITE), root / "docs")
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "two-dtype.yaml").write_text(TWO_DTYPE_PARAMS)
+    suite = TWO_ARM_SUITE.format(xss=XSS, params=root / "two-dtype.yaml")
+    return _build(_run(root, suite), root / "docs")
 
 
 @functools.cache
