@@ -117,6 +117,7 @@ def _preflight_all(arms: list[Arm], out_dir: Path, has_gpu: bool, skip_unavailab
 
 def _execute(run_dir: Path, manifest: Manifest, suite: Suite, arms: list[Arm], options: RunOptions, log) -> RunOutcome:
     arms_by_name = {arm.name: arm for arm in arms}
+    arm_envs = {arm.name: _arm_env(arm) for arm in arms}  # once per run: the digest lookup runs the engine
     todo = [inv for inv in manifest.invocations if inv.status != COMPLETE]
     position = max((inv.ran_as for inv in manifest.invocations if inv.ran_as is not None), default=-1) + 1
     bar = tqdm(total=len(todo), desc=f"{manifest.run_id}", unit="inv", disable=not options.progress,
@@ -126,7 +127,8 @@ def _execute(run_dir: Path, manifest: Manifest, suite: Suite, arms: list[Arm], o
             bar.set_postfix_str(invocation.label, refresh=True)
             invocation.ran_as = position
             position += 1
-            _run_one(run_dir, manifest, invocation, arms_by_name[invocation.arm], suite.timeout_s)
+            _run_one(run_dir, manifest, invocation, arms_by_name[invocation.arm], arm_envs[invocation.arm],
+                     suite.timeout_s)
             bar.update(1)
             if invocation.status == FAILED:
                 bar.write(f"failed: {invocation.label}: {invocation.error}")
@@ -145,7 +147,8 @@ def _execute(run_dir: Path, manifest: Manifest, suite: Suite, arms: list[Arm], o
     return RunOutcome(run_dir, manifest)
 
 
-def _run_one(run_dir: Path, manifest: Manifest, invocation: Invocation, arm: Arm, timeout_s: float) -> None:
+def _run_one(run_dir: Path, manifest: Manifest, invocation: Invocation, arm: Arm, arm_env: dict[str, str],
+             timeout_s: float) -> None:
     inv_dir = run_dir / invocation.rel_dir
     if inv_dir.exists():  # left by an interrupted attempt: start clean
         shutil.rmtree(inv_dir)
@@ -159,7 +162,7 @@ def _run_one(run_dir: Path, manifest: Manifest, invocation: Invocation, arm: Arm
             str(inv_dir / EXECUTED_NOTEBOOK), "-f", str(inv_dir / PARAMS_FILE), "-k", "python3",
             "--cwd", str(inv_dir), "--no-progress-bar", "--log-output"]
     spec = engines.LaunchSpec(argv=argv, repo_dir=paths.repo_root(), run_dir=run_dir, workdir=inv_dir,
-                              env=_arm_env(arm))
+                              env=arm_env)
     command = engines.launch_argv(arm, spec, host_gpu_count() > 0)
 
     invocation.status, invocation.started_at, invocation.error = RUNNING, _now(), None
