@@ -19,7 +19,7 @@ from typing import Any, Iterator
 import pytest
 
 from conftest import REPO
-from test_report import Built, built_gpu_like, built_one_arm, built_two_arm
+from test_report import Built, built_gpu_like, one_arm, two_arm  # noqa: F401  (fixtures)
 
 websocket = pytest.importorskip("websocket")  # websocket-client, in the dev extra
 
@@ -170,16 +170,6 @@ def _open_report(base: str, built: Built) -> Page:
     page = _new_page(base)
     page.open(built.report.html.resolve().as_uri())
     return page
-
-
-@pytest.fixture(scope="module")
-def two_arm(tmp_path_factory: pytest.TempPathFactory) -> Built:
-    return built_two_arm(tmp_path_factory.getbasetemp())
-
-
-@pytest.fixture(scope="module")
-def one_arm(tmp_path_factory: pytest.TempPathFactory) -> Built:
-    return built_one_arm(tmp_path_factory.getbasetemp())
 
 
 def test_every_figure_renders_offline_without_errors_and_the_page_is_screenshotted(browser: str, two_arm: Built):
