@@ -35,7 +35,11 @@ from benchlib.device import Device, resolve_device  # noqa: E402
 from benchlib.llm import SHAPES, BackendConfig, InputSpec, make_backend, run_scenario  # noqa: E402
 from benchlib.llm.metrics import decode_bytes_per_step  # noqa: E402
 from benchlib.llm.model import ReferenceModel  # noqa: E402
-from benchlib.llm.reference import ReferenceBackend, check_graph_matches_eager  # noqa: E402
+from benchlib.llm.reference import (  # noqa: E402
+    ReferenceBackend,
+    check_fused_matches_torch,
+    check_graph_matches_eager,
+)
 from benchlib.timer import TimerConfig  # noqa: E402
 
 COPY_BYTES = 1 << 30
@@ -54,9 +58,10 @@ class Setup:
     def spec(self, batch: int) -> InputSpec:
         return InputSpec(batch, self.input_len, self.output_len, SHAPES[self.shape].vocab, seed=42)
 
-    def config(self, backend: str, mode: str, batch: int, compile_step: bool = False) -> BackendConfig:
+    def config(self, backend: str, mode: str, batch: int, compile_step: bool = False,
+               kernels: str = "auto") -> BackendConfig:
         return BackendConfig(backend, SHAPES[self.shape], self.dtype, mode, batch, self.input_len, self.output_len, 42,
-                             compile_step)
+                             compile_step, kernels=kernels)
 
 
 def copy_bandwidth_gbs(device: Device, nbytes: int, repeats: int = 20) -> float:
@@ -111,22 +116,24 @@ def run_cases(device: Device, setup: Setup, args: argparse.Namespace, bandwidths
         except Exception as exc:  # one failing variant (e.g. compile) must not hide the others
             rows.append({"case": label, "batch": batch, "error": f"{type(exc).__name__}: {exc}"[:300]})
 
-    def reference(mode: str, batch: int, compile_step: bool = False) -> None:
-        config = setup.config("reference", mode, batch, compile_step)
-        label = f"reference {mode}{' + compile' if compile_step else ''} b{batch}"
+    def reference(mode: str, batch: int, compile_step: bool = False, kernels: str = "auto") -> None:
+        config = setup.config("reference", mode, batch, compile_step, kernels)
+        label = f"reference {mode}{' + compile' if compile_step else ''}{'' if kernels == 'auto' else ' ' + kernels} b{batch}"
         gens = args.gens if mode == "graph" else args.slow_gens
         case(label, lambda: ReferenceBackend(config, device, model), batch, gens)
 
     if device.is_cuda:
-        reference("graph", 1)
+        reference("graph", 1)  # auto: the fused Triton kernels where Triton is importable
+        reference("graph", 1, kernels="torch")
         if args.compile:
-            reference("graph", 1, compile_step=True)
+            reference("graph", 1, compile_step=True, kernels="torch")
     reference("eager", 1)
     case("transformers generate b1", lambda: make_backend(setup.config("transformers", "eager", 1), device), 1,
          args.slow_gens)
     if device.is_cuda:
         for batch in (8, 32):
             reference("graph", batch)
+        reference("graph", 8, kernels="torch")
     return rows
 
 
@@ -150,9 +157,10 @@ def print_table(figures: dict) -> None:
         fraction = graph["roofline_fraction_measured"]
         verdict = "OK" if fraction >= TARGET_FRACTION else f"MISS (target >= {TARGET_FRACTION:.0%})"
         print(f"graph decode at batch 1: {fraction:.1%} of the measured-bandwidth roofline  {verdict}")
-    equality = figures.get("graph_matches_eager")
-    if equality:
-        print(f"graph vs eager tokens: {'identical' if equality['equal'] else 'DIFFER'} ({equality})")
+    for kernels, equality in figures.get("graph_matches_eager", {}).items():
+        print(f"graph vs eager tokens, {kernels} kernels: {'identical' if equality['equal'] else 'DIFFER'} ({equality})")
+    for batch, agreement in figures.get("fused_matches_torch", {}).items():
+        print(f"fused vs PyTorch ops, {batch}, teacher-forced: {agreement}")
 
 
 def main() -> int:
@@ -176,7 +184,14 @@ def main() -> int:
                      **asdict(setup), "bandwidth_gbs": bandwidths}
     figures["cases"] = run_cases(device, setup, args, bandwidths)
     if device.is_cuda:
-        figures["graph_matches_eager"] = check_graph_matches_eager(setup.shape, setup.dtype, 1, setup.input_len, 64)
+        figures["graph_matches_eager"] = {
+            kernels: check_graph_matches_eager(setup.shape, setup.dtype, 1, setup.input_len, 64, kernels=kernels)
+            for kernels in ("torch", "triton")
+        }
+        figures["fused_matches_torch"] = {
+            f"b{batch}": check_fused_matches_torch(setup.shape, setup.dtype, batch, setup.input_len, 64)
+            for batch in (1, 8)
+        }
     print_table(figures)
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2, default=str))

@@ -21,6 +21,7 @@ from .model import ModelShape
 
 BackendName = Literal["reference", "transformers", "tensorrt-llm"]
 Mode = Literal["graph", "eager", "bench"]
+Kernels = Literal["auto", "triton", "torch"]
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,7 @@ class BackendConfig:
     seed: int
     compile: bool = False
     model_path: str | None = None  # a Hugging Face checkpoint directory instead of random weights
+    kernels: Kernels = "auto"  # reference decode step: fused Triton kernels or PyTorch ops
 
     @property
     def max_tokens(self) -> int:

@@ -227,11 +227,12 @@ def rotate_(x, cos, sin) -> None:
 class Session:
     """Static buffers for one batch size: KV cache, tokens, positions, step counter, outputs."""
 
-    def __init__(self, model: ReferenceModel, batch: int, max_tokens: int, max_new_tokens: int):
+    def __init__(self, model: ReferenceModel, batch: int, max_tokens: int, max_new_tokens: int,
+                 fused: bool = False):
         import torch
 
         s, device = model.shape, model.device
-        self.model, self.batch = model, batch
+        self.model, self.batch, self.fused = model, batch, fused
         self.max_seq = aligned_seq_len(max_tokens)
         dtype = torch_dtype(model.dtype)
         self.kv = torch.zeros((s.layers, batch, 2 * s.kv_heads, self.max_seq, s.head_dim), device=device, dtype=dtype)
@@ -246,6 +247,9 @@ class Session:
         self.positions = torch.arange(self.max_seq, device=device)
         self.mask_values = (torch.zeros((), device=device, dtype=dtype),
                             torch.full((), float("-inf"), device=device, dtype=dtype))
+        if fused:  # the fused kernels' outputs: QKV of the new token, and silu(gate) * up
+            self.qkv = torch.zeros((batch, (s.heads + 2 * s.kv_heads) * s.head_dim), device=device, dtype=dtype)
+            self.mlp_hidden = torch.zeros((batch, s.intermediate), device=device, dtype=dtype)
 
     @property
     def k_cache(self):
@@ -287,22 +291,54 @@ class Session:
 
         model, s, batch = self.model, self.model.shape, self.batch
         x = F.embedding(self.tokens, model.embed)  # [batch, hidden]
-        cos, sin = (table[self.pos][:, None, :] for table in self.rope)
         mask = torch.where(self.positions[None, :] <= self.pos[:, None], *self.mask_values)[:, None, None, :]
-        for layer, cache in zip(model.layers, self.kv_layers):
-            qkv = (model.norm(x, layer.attn_norm) @ layer.qkv.t()).view(batch, s.heads + 2 * s.kv_heads, s.head_dim)
-            rotate_(qkv[:, : s.heads + s.kv_heads], cos, sin)
-            cache[self.rows, :, self.pos] = qkv[:, s.heads :]
-            # the group of query heads sharing KV head k sits in SDPA's query-length dimension
-            query = qkv[:, : s.heads].view(batch, s.group, s.kv_heads, s.head_dim).transpose(1, 2)
-            keys, values = cache[:, : s.kv_heads], cache[:, s.kv_heads :]
-            attention = F.scaled_dot_product_attention(query, keys, values, attn_mask=mask)
-            # fused attention kernels return [batch, group, kv_heads, head_dim] in memory: no copy here
-            x.addmm_(attention.transpose(1, 2).reshape(batch, s.heads * s.head_dim), layer.o.t())
-            model.mlp_(x, layer)
-        torch.matmul(model.norm(x, model.final_norm), model.lm_head.t(), out=self.logits)
+        if self.fused:
+            self._fused_layers(x, mask)
+        else:
+            self._torch_layers(x, mask)
         token = self.logits.argmax(dim=-1)
         self.out.index_copy_(1, self.step, token[:, None])
         self.tokens.copy_(token)
         self.pos.add_(1)
         self.step.add_(1)
+
+    def _attention(self, qkv, cache, mask):
+        """SDPA of the new queries over the cache, in the O projection's input layout ``[batch, heads * D]``."""
+        import torch.nn.functional as F
+
+        s, batch = self.model.shape, self.batch
+        # the group of query heads sharing KV head k sits in SDPA's query-length dimension
+        query = qkv[:, : s.heads].view(batch, s.group, s.kv_heads, s.head_dim).transpose(1, 2)
+        keys, values = cache[:, : s.kv_heads], cache[:, s.kv_heads :]
+        attention = F.scaled_dot_product_attention(query, keys, values, attn_mask=mask)
+        # fused attention kernels return [batch, group, kv_heads, head_dim] in memory: no copy here
+        return attention.transpose(1, 2).reshape(batch, s.heads * s.head_dim)
+
+    def _fused_layers(self, x, mask) -> None:
+        """The layers and the LM head through :mod:`benchlib.llm.kernels`: five launches per layer
+        plus attention."""
+        from . import kernels
+
+        model, s, batch = self.model, self.model.shape, self.batch
+        eps, qkv = s.norm_eps, self.qkv.view(batch, s.heads + 2 * s.kv_heads, s.head_dim)
+        for layer, cache in zip(model.layers, self.kv_layers):
+            kernels.gemv(x, layer.qkv, self.qkv, norm_weight=layer.attn_norm, eps=eps)
+            kernels.rope_cache_(qkv, *self.rope, self.pos, cache, s.heads, s.kv_heads)
+            kernels.gemv(self._attention(qkv, cache, mask).contiguous(), layer.o, x, residual=True)
+            kernels.gemv(x, layer.gate_up, self.mlp_hidden, norm_weight=layer.mlp_norm, eps=eps, swiglu=True)
+            kernels.gemv(self.mlp_hidden, layer.down, x, residual=True)
+        kernels.gemv(x, model.lm_head, self.logits, norm_weight=model.final_norm, eps=eps)
+
+    def _torch_layers(self, x, mask) -> None:
+        """The layers and the LM head op by op in PyTorch: about 15 kernels per layer."""
+        import torch
+
+        model, s, batch = self.model, self.model.shape, self.batch
+        cos, sin = (table[self.pos][:, None, :] for table in self.rope)
+        for layer, cache in zip(model.layers, self.kv_layers):
+            qkv = (model.norm(x, layer.attn_norm) @ layer.qkv.t()).view(batch, s.heads + 2 * s.kv_heads, s.head_dim)
+            rotate_(qkv[:, : s.heads + s.kv_heads], cos, sin)
+            cache[self.rows, :, self.pos] = qkv[:, s.heads :]
+            x.addmm_(self._attention(qkv, cache, mask), layer.o.t())
+            model.mlp_(x, layer)
+        torch.matmul(model.norm(x, model.final_norm), model.lm_head.t(), out=self.logits)

@@ -13,6 +13,7 @@ work is synchronous and ``perf_counter_ns`` is read after each step.
 """
 from __future__ import annotations
 
+import os
 import time
 from typing import Any, Callable
 
@@ -63,6 +64,29 @@ class _HostClock:
         return (self.times[:count] - self.begin) / 1e9
 
 
+def resolve_kernels(config: BackendConfig, device: Device) -> str:
+    """``triton`` or ``torch`` for the decode step. ``auto`` fuses where fusion is what the regime
+    measures: a CUDA graph at batch <= kernels.MAX_BATCH without torch.compile, Triton importable.
+    Eager mode keeps PyTorch ops by default: it is the many-small-launches, CPU-bound regime."""
+    from . import kernels
+
+    if config.kernels == "torch":
+        return "torch"
+    missing = kernels.available()
+    if config.kernels == "triton":
+        if missing:
+            raise RuntimeError(f"kernels: triton was asked for but {missing}")
+        if not device.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+            raise SkipCase("skipped: kernels: triton needs a CUDA GPU (or TRITON_INTERPRET=1 to run the kernels "
+                           "in Triton's interpreter)")
+        if config.batch > kernels.MAX_BATCH:
+            raise RuntimeError(f"kernels: triton serves batch <= {kernels.MAX_BATCH}, not {config.batch}; "
+                               "use kernels: auto or torch")
+        return "triton"
+    fits = config.mode == "graph" and device.is_cuda and config.batch <= kernels.MAX_BATCH and not config.compile
+    return "triton" if fits and not missing else "torch"
+
+
 def capture_graph(step: Callable[[], None]):
     """Warm ``step`` up on a side stream, then capture one call of it in a CUDA graph."""
     import torch
@@ -89,7 +113,9 @@ class ReferenceBackend(Backend):
             raise SkipCase("skipped: mode graph captures a CUDA graph and needs a GPU; use mode eager on the CPU")
         self.torch, self.device, self.output_len = torch, device, config.output_len
         self.model = model or ReferenceModel(config.shape, config.dtype, device.torch_device, config.seed)
-        self.session = Session(self.model, config.batch, config.max_tokens, config.output_len)
+        self.kernels = resolve_kernels(config, device)
+        self.session = Session(self.model, config.batch, config.max_tokens, config.output_len,
+                               fused=self.kernels == "triton")
         self.kv_cache_bytes = self.session.kv_bytes
         step = self.session.decode_step
         if config.compile:
@@ -100,7 +126,8 @@ class ReferenceBackend(Backend):
         self.timer = _EventClock(torch, config.output_len) if device.is_cuda else _HostClock(config.output_len)
         how = "CUDA graph replay" if config.mode == "graph" else "eager step"
         per_token = "cuda_event per decode step" if device.is_cuda else "perf_counter per decode step"
-        self.clock = f"{per_token} ({how}{', torch.compile' if config.compile else ''}); prefill eager"
+        ops = "fused Triton kernels" if self.kernels == "triton" else "PyTorch ops"
+        self.clock = f"{per_token} ({how}, {ops}{', torch.compile' if config.compile else ''}); prefill eager"
 
     def generate(self, batch: Batch) -> GenerationResult:
         torch = self.torch
@@ -129,10 +156,12 @@ class ReferenceBackend(Backend):
 
 
 def check_graph_matches_eager(shape: str = "llama-1b", dtype: str = "bf16", batch: int = 1, input_len: int = 128,
-                              output_len: int = 64, seed: int = 42, device: str = "cuda") -> dict[str, Any]:
+                              output_len: int = 64, seed: int = 42, device: str = "cuda",
+                              kernels: str = "torch") -> dict[str, Any]:
     """Generate the same prompts with the same weights eagerly and through the CUDA graph.
 
-    Greedy decoding over identical kernels must give identical tokens. Returns ``equal``, the number
+    Greedy decoding over identical kernels (``kernels``: torch or triton, in both modes) must give
+    identical tokens. Returns ``equal``, the number
     of differing tokens and the first difference as ``(row, token index)``. Needs a GPU.
     """
     from ..device import resolve_device
@@ -145,7 +174,8 @@ def check_graph_matches_eager(shape: str = "llama-1b", dtype: str = "bf16", batc
     spec = InputSpec(batch, input_len, output_len, SHAPES[shape].vocab, seed=seed)
     tokens = {}
     for mode in ("eager", "graph"):
-        config = BackendConfig("reference", SHAPES[shape], dtype, mode, batch, input_len, output_len, seed)
+        config = BackendConfig("reference", SHAPES[shape], dtype, mode, batch, input_len, output_len, seed,
+                               kernels=kernels)
         result = ReferenceBackend(config, target, model).generate(spec.batch_at(0))
         tokens[mode] = np.stack([request.output_ids for request in result.requests])
     differ = np.argwhere(tokens["eager"] != tokens["graph"])
@@ -153,3 +183,42 @@ def check_graph_matches_eager(shape: str = "llama-1b", dtype: str = "bf16", batc
         "equal": not len(differ), "differing_tokens": int(len(differ)), "tokens_compared": int(tokens["eager"].size),
         "first_difference": tuple(int(i) for i in differ[0]) if len(differ) else None,
     }
+
+
+def check_fused_matches_torch(shape: str = "llama-1b", dtype: str = "bf16", batch: int = 1, input_len: int = 128,
+                              steps: int = 32, seed: int = 42, device: str = "cuda") -> dict[str, Any]:
+    """Decode the same prompts through the fused Triton kernels and the PyTorch ops, teacher-forced.
+
+    Both sessions share weights and prefill; after every decode step the logits are compared and
+    the fused session is handed the PyTorch session's tokens, so one near-tie cannot send the two
+    down different paths. Returns the worst relative logit error (max |a - b| / max |b|), the
+    lowest cosine similarity of a row's logits and the fraction of steps whose greedy tokens agree.
+    The two round at different points, so agreement is to the dtype's precision, not bitwise.
+    """
+    import torch
+
+    from ..device import resolve_device
+    from .model import SHAPES
+
+    target = resolve_device(device)
+    model = ReferenceModel(SHAPES[shape], dtype, target.torch_device, seed)
+    prompts = InputSpec(batch, input_len, steps + 1, SHAPES[shape].vocab, seed=seed).batch_at(0)
+    tokens, _ = prompts.padded()
+    with torch.inference_mode():
+        tokens = torch.from_numpy(tokens).to(target.torch_device)
+        lengths = torch.from_numpy(prompts.lengths).to(target.torch_device)
+        plain, fused = (Session(model, batch, input_len + steps + 1, steps + 1, fused=f) for f in (False, True))
+        for session in (plain, fused):
+            session.prefill(tokens, lengths)
+        worst_error, lowest_cosine, agreeing = 0.0, 1.0, 0
+        for _ in range(steps):
+            plain.decode_step()
+            fused.decode_step()
+            reference, candidate = plain.logits.float(), fused.logits.float()
+            worst_error = max(worst_error, float((candidate - reference).abs().max() / reference.abs().max()))
+            cosine = torch.nn.functional.cosine_similarity(candidate, reference, dim=-1).min()
+            lowest_cosine = min(lowest_cosine, float(cosine))
+            agreeing += int(torch.equal(candidate.argmax(-1), reference.argmax(-1)))
+            fused.tokens.copy_(plain.tokens)
+    return {"max_rel_logit_error": worst_error, "min_cosine": lowest_cosine,
+            "token_agreement": agreeing / steps, "steps": steps, "batch": batch}

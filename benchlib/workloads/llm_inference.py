@@ -41,6 +41,9 @@ class LlmParams(CommonParams):
     input_dist: Literal["fixed", "uniform", "normal"] = "fixed"
     input_spread: float = Field(0.25, ge=0, lt=1)
     compile: bool = False  # torch.compile the reference decode step
+    # the reference decode step's kernels: auto = fused Triton kernels for a CUDA graph at batch <= 8
+    # when Triton is importable, else PyTorch ops; triton / torch force one (see benchlib/llm/kernels.py)
+    kernels: Literal["auto", "triton", "torch"] = "auto"
     model_path: str | None = None  # tensorrt-llm: a Hugging Face checkpoint directory instead of random weights
     mem_bw_gbs: float | None = Field(None, gt=0)  # a measured bandwidth for the decode roofline
     peak_tflops: float | None = Field(None, gt=0)  # a stated peak for the prefill roofline
@@ -59,6 +62,15 @@ class LlmParams(CommonParams):
         if compile_ and info.data.get("backend") != "reference":
             raise ValueError("compile applies to the reference backend's decode step only")
         return compile_
+
+    @field_validator("kernels")
+    @classmethod
+    def _kernels_are_reference_only(cls, kernels: str, info: ValidationInfo) -> str:
+        if kernels != "auto" and info.data.get("backend") != "reference":
+            raise ValueError("kernels applies to the reference backend's decode step only; leave it at auto")
+        if kernels == "triton" and info.data.get("compile"):
+            raise ValueError("kernels: triton and compile: true exclude each other; choose one")
+        return kernels
 
     @field_validator("model_path")
     @classmethod
@@ -96,7 +108,7 @@ def run(params: LlmParams, device: Device) -> list[Metric]:
     shape = _shape(params)
     spec = params.input_spec(shape.vocab)
     config = BackendConfig(params.backend, shape, params.dtype, params.mode, params.batch, spec.max_input_len,
-                           params.output_len, params.seed, params.compile, params.model_path)
+                           params.output_len, params.seed, params.compile, params.model_path, params.kernels)
     if params.mode == "bench":
         from ..llm.trtllm import run_bench
 
