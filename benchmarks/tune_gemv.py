@@ -6,9 +6,11 @@ Run on a GPU (about 1-2 minutes on an H100, mostly Triton compiles):
 
 For every matrix-vector product of one decode layer (QKV with its RMSNorm, O with the residual add,
 gate/up with RMSNorm and SwiGLU, down with the residual add) and the LM head, it times
-``benchlib.llm.kernels.gemv`` under each tile configuration with ``triton.testing.do_bench``
-(median, L2 not flushed: the weights are 8-525 MB, far beyond the 50 MB L2) and the same product
-as ``torch.matmul`` (cuBLAS), and prints the weight-read bandwidth of each. The default
+``benchlib.llm.kernels.gemv`` under each tile configuration and the same product as
+``torch.matmul`` (cuBLAS), and prints the weight-read bandwidth of each. Timing is what a decode
+step sees: many calls captured in one CUDA graph (so Python's launch cost is not in it), each on
+its own copy of the weight so that 256 MB or more stream through and the 50 MB L2 cannot serve
+them; the median of 10 replays, per call. The default
 configuration (``kernels.default_config``) is marked; the best one per product is what to set it to.
 """
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import statistics
 import sys
 from pathlib import Path
 
@@ -24,7 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchlib.llm import SHAPES  # noqa: E402
 from benchlib.llm.kernels import GemvConfig, default_config, gemv  # noqa: E402
 
-BLOCK_N, BLOCK_K, WARPS = (4, 8, 16), (64, 128, 256, 512), (4, 8)
+BLOCK_N, BLOCK_K, WARPS = (2, 4, 8, 16), (256, 512, 1024), (2, 4, 8)
+STREAM_BYTES = 256 << 20  # weight bytes streamed per replay: over 5x an H100's L2
 
 
 def products(shape) -> list[tuple[str, int, int, dict]]:
@@ -39,18 +43,50 @@ def products(shape) -> list[tuple[str, int, int, dict]]:
     ]
 
 
-def time_product(torch, do_bench, batch: int, n: int, k: int, flags: dict, config: GemvConfig | None) -> float:
+def graph_seconds(torch, calls: list) -> float:
+    """Median seconds per call of ``calls`` captured in one CUDA graph (10 replays)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for call in calls[:2]:
+            call()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for call in calls:
+            call()
+    graph.replay()
+    times = []
+    for _ in range(10):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3 / len(calls))
+    return statistics.median(times)
+
+
+def make_operands(torch, batch: int, n: int, k: int, flags: dict) -> dict:
     rows = 2 * n if flags.get("swiglu") else n
-    weight = torch.randn(rows, k, device="cuda", dtype=torch.bfloat16) * 0.02
-    x = torch.randn(batch, k, device="cuda", dtype=torch.bfloat16)
-    out = torch.zeros(batch, n, device="cuda", dtype=torch.bfloat16)
-    norm = torch.ones(k, device="cuda", dtype=torch.bfloat16) if flags.get("norm") else None
+    copies = max(2, -(-STREAM_BYTES // (rows * k * 2)))
+    return {
+        "weights": [torch.randn(rows, k, device="cuda", dtype=torch.bfloat16) * 0.02 for _ in range(copies)],
+        "x": torch.randn(batch, k, device="cuda", dtype=torch.bfloat16),
+        "out": torch.zeros(batch, n, device="cuda", dtype=torch.bfloat16),
+        "wide": torch.empty(batch, rows, device="cuda", dtype=torch.bfloat16),
+        "norm": torch.ones(k, device="cuda", dtype=torch.bfloat16) if flags.get("norm") else None,
+    }
+
+
+def time_product(torch, ops: dict, flags: dict, config: GemvConfig | None) -> float:
+    x, out = ops["x"], ops["out"]
     if config is None:
-        wide = torch.empty(batch, rows, device="cuda", dtype=torch.bfloat16)
-        return do_bench(lambda: torch.matmul(x, weight.t(), out=wide), return_mode="median") / 1e3
-    call = lambda: gemv(x, weight, out, norm_weight=norm, residual=flags.get("residual", False),  # noqa: E731
-                        swiglu=flags.get("swiglu", False), config=config)
-    return do_bench(call, return_mode="median") / 1e3
+        calls = [lambda w=w: torch.matmul(x, w.t(), out=ops["wide"]) for w in ops["weights"]]
+    else:
+        calls = [lambda w=w: gemv(x, w, out, norm_weight=ops["norm"], residual=flags.get("residual", False),
+                                  swiglu=flags.get("swiglu", False), config=config) for w in ops["weights"]]
+    return graph_seconds(torch, calls)
 
 
 def main() -> int:
@@ -61,21 +97,21 @@ def main() -> int:
     args = parser.parse_args()
 
     import torch
-    from triton.testing import do_bench
 
     shape, rows = SHAPES[args.shape], []
     print(f"{torch.cuda.get_device_name()}  {args.shape} bf16; GB/s = weight bytes read / median time")
     for batch, (name, n, k, flags) in itertools.product(args.batch, products(shape)):
         weight_bytes = (2 * n if flags.get("swiglu") else n) * k * 2
         default = default_config(n, k, batch, bool(flags.get("swiglu")))
-        cublas = time_product(torch, do_bench, batch, n, k, flags, None)
+        ops = make_operands(torch, batch, n, k, flags)
+        cublas = time_product(torch, ops, flags, None)
         timings = []
         for block_n, block_k, warps in itertools.product(BLOCK_N, BLOCK_K, WARPS):
             if batch * block_n * block_k > 16384:  # the product tile would spill registers
                 continue
             config = GemvConfig(block_n, block_k, warps)
             try:
-                timings.append((time_product(torch, do_bench, batch, n, k, flags, config), config))
+                timings.append((time_product(torch, ops, flags, config), config))
             except Exception as exc:  # a tile the compiler refuses is skipped, not fatal
                 print(f"  {config}: {type(exc).__name__}")
         best_s, best = min(timings, key=lambda item: item[0])

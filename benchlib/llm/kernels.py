@@ -27,6 +27,10 @@ from typing import Any
 
 #: Largest batch the fused path serves: the batch rows live in registers next to each weight tile.
 MAX_BATCH = 8
+#: Largest batch ``kernels: auto`` fuses. Measured on an H100 (benchmarks/tune_gemv.py): at batch 8
+#: the broadcast-and-sum product reads weights at 130-590 GB/s where cuBLAS reaches 820-2600 GB/s,
+#: so batches above 1 keep cuBLAS; a tensor-core (``tl.dot``) variant would be the way to fuse them.
+AUTO_MAX_BATCH = 1
 EPILOGUE_NONE, EPILOGUE_RESIDUAL, EPILOGUE_SWIGLU = 0, 1, 2
 
 
@@ -124,11 +128,13 @@ class GemvConfig:
 
 
 def default_config(n: int, k: int, batch: int, swiglu: bool) -> GemvConfig:
-    """Tiles that keep ``batch x block_n x block_k`` products in registers, with enough programs on
-    the narrow projections (``n`` = hidden) to cover every SM."""
-    rows = _next_power_of_2(batch)
-    block_k = max(32, (256 if swiglu else 512) // rows)
-    return GemvConfig(block_n=8 if n <= 4096 else 16, block_k=block_k)
+    """The fastest tiles measured per product on an H100 (benchmarks/tune_gemv.py): narrow
+    projections (``n`` <= 4096) want many small programs to cover every SM, the LM head wide ones."""
+    if batch > 1:
+        return GemvConfig(block_n=4, block_k=512)
+    if swiglu:
+        return GemvConfig(block_n=8, block_k=512)
+    return GemvConfig(block_n=4 if n <= 4096 else 16, block_k=512)
 
 
 def _next_power_of_2(value: int) -> int:

@@ -66,7 +66,7 @@ class _HostClock:
 
 def resolve_kernels(config: BackendConfig, device: Device) -> str:
     """``triton`` or ``torch`` for the decode step. ``auto`` fuses where fusion is what the regime
-    measures: a CUDA graph at batch <= kernels.MAX_BATCH without torch.compile, Triton importable.
+    measures: a CUDA graph at batch <= kernels.AUTO_MAX_BATCH without torch.compile, Triton importable.
     Eager mode keeps PyTorch ops by default: it is the many-small-launches, CPU-bound regime."""
     from . import kernels
 
@@ -83,7 +83,7 @@ def resolve_kernels(config: BackendConfig, device: Device) -> str:
             raise RuntimeError(f"kernels: triton serves batch <= {kernels.MAX_BATCH}, not {config.batch}; "
                                "use kernels: auto or torch")
         return "triton"
-    fits = config.mode == "graph" and device.is_cuda and config.batch <= kernels.MAX_BATCH and not config.compile
+    fits = config.mode == "graph" and device.is_cuda and config.batch <= kernels.AUTO_MAX_BATCH and not config.compile
     return "triton" if fits and not missing else "torch"
 
 
