@@ -102,7 +102,8 @@ def main() -> int:
     print(f"{torch.cuda.get_device_name()}  {args.shape} bf16; GB/s = weight bytes read / median time")
     for batch, (name, n, k, flags) in itertools.product(args.batch, products(shape)):
         weight_bytes = (2 * n if flags.get("swiglu") else n) * k * 2
-        default = default_config(n, k, batch, bool(flags.get("swiglu")))
+        default = default_config(bool(flags.get("norm")), bool(flags.get("residual")), bool(flags.get("swiglu")),
+                                 batch)
         ops = make_operands(torch, batch, n, k, flags)
         cublas = time_product(torch, ops, flags, None)
         timings = []

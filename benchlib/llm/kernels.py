@@ -10,8 +10,10 @@ own launch); these kernels fold them into the matrix-vector products around them
   gate and up rows of the fused ``gate_up`` weight) or a residual add as the epilogue. The weight
   is streamed once in ``[BLOCK_N, BLOCK_K]`` tiles along its contiguous dimension; the batch rows
   (at most :data:`MAX_BATCH`) share every tile.
-* :func:`rope_cache_` - RoPE on the query and key heads of the fused QKV output, in place, and the
-  new key and value written into the static KV cache at each row's position: one launch.
+* :func:`decode_attention_` - RoPE on the new token's query and key heads, its key and value
+  written into the static KV cache at each row's position, and grouped-query attention of the
+  queries over the filled part of the cache (online softmax): one launch per layer, where the
+  PyTorch step runs five element-wise kernels, a mask and SDPA over the whole cache.
 
 Accumulation is in fp32; inputs and outputs keep the model dtype. The rounding points differ from
 the op-by-op PyTorch step (RMSNorm's output is rounded once, not per op), so the two paths agree
@@ -94,28 +96,63 @@ def _kernels() -> tuple[Any, Any]:
         tl.store(out_ptr + out_offsets, acc.to(out_ptr.dtype.element_ty), mask=out_mask)
 
     @triton.jit
-    def rope_cache_kernel(qkv_ptr, cos_ptr, sin_ptr, pos_ptr, cache_ptr, HEADS, KV_HEADS,
-                          cache_batch_stride, cache_head_stride, D: tl.constexpr, HALF: tl.constexpr):
+    def decode_attention_kernel(qkv_ptr, cos_ptr, sin_ptr, pos_ptr, cache_ptr, out_ptr, HEADS, KV_HEADS,
+                                cache_batch_stride, cache_head_stride, scale,
+                                D: tl.constexpr, HALF: tl.constexpr, GROUP: tl.constexpr, BLOCK_S: tl.constexpr):
         row = tl.program_id(0)
-        head = tl.program_id(1)  # 0..HEADS-1 queries, then KV_HEADS keys, then KV_HEADS values
+        kv_head = tl.program_id(1)
         pos = tl.load(pos_ptr + row)
-        base = qkv_ptr + (row * (HEADS + 2 * KV_HEADS) + head) * D
         pairs = tl.arange(0, HALF)
-        even = tl.load(base + 2 * pairs).to(tl.float32)
-        odd = tl.load(base + 2 * pairs + 1).to(tl.float32)
-        if head < HEADS + KV_HEADS:  # the tables hold cos twice and (-sin, +sin) per pair
-            cos = tl.load(cos_ptr + pos * D + 2 * pairs).to(tl.float32)
-            sin = tl.load(sin_ptr + pos * D + 2 * pairs + 1).to(tl.float32)
-            even, odd = even * cos - odd * sin, odd * cos + even * sin
-        if head < HEADS:
-            tl.store(base + 2 * pairs, even.to(qkv_ptr.dtype.element_ty))
-            tl.store(base + 2 * pairs + 1, odd.to(qkv_ptr.dtype.element_ty))
-        else:
-            slot = cache_ptr + row * cache_batch_stride + (head - HEADS) * cache_head_stride + pos * D
-            tl.store(slot + 2 * pairs, even.to(cache_ptr.dtype.element_ty))
-            tl.store(slot + 2 * pairs + 1, odd.to(cache_ptr.dtype.element_ty))
+        token = qkv_ptr + row * (HEADS + 2 * KV_HEADS) * D
+        cos = tl.load(cos_ptr + pos * D + 2 * pairs).to(tl.float32)
+        sin = tl.load(sin_ptr + pos * D + 2 * pairs + 1).to(tl.float32)
+        # the new token's key (rotated) and value go into the cache at its position
+        key = token + (HEADS + kv_head) * D
+        k_even = tl.load(key + 2 * pairs).to(tl.float32)
+        k_odd = tl.load(key + 2 * pairs + 1).to(tl.float32)
+        k_even, k_odd = k_even * cos - k_odd * sin, k_odd * cos + k_even * sin
+        keys = cache_ptr + row * cache_batch_stride + kv_head * cache_head_stride
+        values = keys + KV_HEADS * cache_head_stride
+        value = token + (HEADS + KV_HEADS + kv_head) * D
+        tl.store(keys + pos * D + 2 * pairs, k_even.to(cache_ptr.dtype.element_ty))
+        tl.store(keys + pos * D + 2 * pairs + 1, k_odd.to(cache_ptr.dtype.element_ty))
+        tl.store(values + pos * D + 2 * pairs, tl.load(value + 2 * pairs))
+        tl.store(values + pos * D + 2 * pairs + 1, tl.load(value + 2 * pairs + 1))
+        tl.debug_barrier()  # the block reads the position it just wrote
+        # the query heads reading this KV head: h = g * KV_HEADS + kv_head (the model's layout)
+        heads = tl.arange(0, GROUP) * KV_HEADS + kv_head
+        query = token + heads[:, None] * D + 2 * pairs[None, :]
+        q_even = tl.load(query).to(tl.float32)
+        q_odd = tl.load(query + 1).to(tl.float32)
+        q_even, q_odd = q_even * cos[None, :] - q_odd * sin[None, :], q_odd * cos[None, :] + q_even * sin[None, :]
+        q_even = q_even.to(qkv_ptr.dtype.element_ty).to(tl.float32) * scale  # rounded like the stored query
+        q_odd = q_odd.to(qkv_ptr.dtype.element_ty).to(tl.float32) * scale
+        best = tl.full([GROUP], float("-inf"), dtype=tl.float32)
+        total = tl.zeros([GROUP], dtype=tl.float32)
+        out_even = tl.zeros([GROUP, HALF], dtype=tl.float32)
+        out_odd = tl.zeros([GROUP, HALF], dtype=tl.float32)
+        for start in range(0, pos + 1, BLOCK_S):  # only the filled part of the cache
+            slots = start + tl.arange(0, BLOCK_S)
+            filled = slots <= pos
+            at = slots[:, None] * D + 2 * pairs[None, :]
+            ke = tl.load(keys + at, mask=filled[:, None], other=0.0).to(tl.float32)
+            ko = tl.load(keys + at + 1, mask=filled[:, None], other=0.0).to(tl.float32)
+            scores = tl.sum(q_even[:, None, :] * ke[None, :, :], axis=2) + tl.sum(q_odd[:, None, :] * ko[None, :, :], axis=2)
+            scores = tl.where(filled[None, :], scores, float("-inf"))
+            new_best = tl.maximum(best, tl.max(scores, axis=1))
+            weights = tl.exp(scores - new_best[:, None])
+            rescale = tl.exp(best - new_best)
+            total = total * rescale + tl.sum(weights, axis=1)
+            ve = tl.load(values + at, mask=filled[:, None], other=0.0).to(tl.float32)
+            vo = tl.load(values + at + 1, mask=filled[:, None], other=0.0).to(tl.float32)
+            out_even = out_even * rescale[:, None] + tl.sum(weights[:, :, None] * ve[None, :, :], axis=1)
+            out_odd = out_odd * rescale[:, None] + tl.sum(weights[:, :, None] * vo[None, :, :], axis=1)
+            best = new_best
+        target = out_ptr + row * HEADS * D + heads[:, None] * D + 2 * pairs[None, :]
+        tl.store(target, (out_even / total[:, None]).to(out_ptr.dtype.element_ty))
+        tl.store(target + 1, (out_odd / total[:, None]).to(out_ptr.dtype.element_ty))
 
-    return gemv_kernel, rope_cache_kernel
+    return gemv_kernel, decode_attention_kernel
 
 
 @dataclass(frozen=True)
@@ -127,14 +164,17 @@ class GemvConfig:
     num_warps: int = 4
 
 
-def default_config(n: int, k: int, batch: int, swiglu: bool) -> GemvConfig:
-    """The fastest tiles measured per product on an H100 (benchmarks/tune_gemv.py): narrow
-    projections (``n`` <= 4096) want many small programs to cover every SM, the LM head wide ones."""
+def default_config(norm: bool, residual: bool, swiglu: bool, batch: int) -> GemvConfig:
+    """The fastest tiles measured per product at batch 1 on an H100 (benchmarks/tune_gemv.py, each
+    product timed inside a CUDA graph, weights beyond L2): 1024-wide steps along K, two rows per
+    program for the norm-fed QKV and LM head, four for the residual products and SwiGLU."""
     if batch > 1:
         return GemvConfig(block_n=4, block_k=512)
     if swiglu:
-        return GemvConfig(block_n=8, block_k=512)
-    return GemvConfig(block_n=4 if n <= 4096 else 16, block_k=512)
+        return GemvConfig(block_n=4, block_k=1024, num_warps=4)
+    if residual:
+        return GemvConfig(block_n=4, block_k=1024, num_warps=2)
+    return GemvConfig(block_n=2, block_k=1024, num_warps=2)
 
 
 def _next_power_of_2(value: int) -> int:
@@ -156,8 +196,8 @@ def gemv(x, weight, out, *, norm_weight=None, eps: float = 1e-5, residual: bool 
     if not (x.is_contiguous() and weight.is_contiguous() and out.is_contiguous()):
         raise ValueError("gemv needs contiguous x, weight and out")
     n = out.shape[1]
-    gemv_kernel, _ = _kernels()
-    tiles = config or default_config(n, k, batch, swiglu)
+    gemv_kernel = _kernels()[0]
+    tiles = config or default_config(norm_weight is not None, residual, swiglu, batch)
     epilogue = EPILOGUE_SWIGLU if swiglu else EPILOGUE_RESIDUAL if residual else EPILOGUE_NONE
     gemv_kernel[(triton.cdiv(n, tiles.block_n),)](
         x, weight, out, norm_weight if norm_weight is not None else x, out, n, k, eps,
@@ -167,12 +207,18 @@ def gemv(x, weight, out, *, norm_weight=None, eps: float = 1e-5, residual: bool 
     return out
 
 
-def rope_cache_(qkv, cos, sin, pos, cache, heads: int, kv_heads: int) -> None:
-    """RoPE on the query and key heads of ``qkv [batch, heads + 2 kv_heads, D]`` (queries in place),
-    and the rotated keys and the values stored into ``cache [batch, 2 kv_heads, max_seq, D]`` at ``pos``."""
+def decode_attention_(qkv, cos, sin, pos, cache, out, heads: int, kv_heads: int, block_s: int = 64) -> None:
+    """One decode step of grouped-query attention, fused: RoPE on the new key and queries, the key
+    and value stored into ``cache [batch, 2 kv_heads, max_seq, D]`` at ``pos``, and softmax attention
+    of each query over its KV head's positions ``0..pos`` (online softmax over ``block_s`` slots at
+    a time; the unfilled rest of the cache is never read). ``out [batch, heads * D]`` gets the
+    result in the O projection's input layout. One program per (row, KV head)."""
     batch, _, head_dim = qkv.shape
-    _, rope_cache_kernel = _kernels()
-    rope_cache_kernel[(batch, heads + 2 * kv_heads)](
-        qkv, cos, sin, pos, cache, heads, kv_heads, cache.stride(0), cache.stride(1),
-        D=head_dim, HALF=head_dim // 2, num_warps=1,
+    group = heads // kv_heads
+    if group & (group - 1):
+        raise ValueError(f"the fused decode attention needs a power-of-two query group, not {group}")
+    attention_kernel = _kernels()[1]
+    attention_kernel[(batch, kv_heads)](
+        qkv, cos, sin, pos, cache, out, heads, kv_heads, cache.stride(0), cache.stride(1), head_dim ** -0.5,
+        D=head_dim, HALF=head_dim // 2, GROUP=group, BLOCK_S=block_s, num_warps=4,
     )

@@ -247,9 +247,10 @@ class Session:
         self.positions = torch.arange(self.max_seq, device=device)
         self.mask_values = (torch.zeros((), device=device, dtype=dtype),
                             torch.full((), float("-inf"), device=device, dtype=dtype))
-        if fused:  # the fused kernels' outputs: QKV of the new token, and silu(gate) * up
+        if fused:  # the fused kernels' outputs: QKV of the new token, attention, silu(gate) * up
             self.qkv = torch.zeros((batch, (s.heads + 2 * s.kv_heads) * s.head_dim), device=device, dtype=dtype)
             self.mlp_hidden = torch.zeros((batch, s.intermediate), device=device, dtype=dtype)
+            self.attention_out = torch.zeros((batch, s.heads * s.head_dim), device=device, dtype=dtype)
 
     @property
     def k_cache(self):
@@ -291,10 +292,10 @@ class Session:
 
         model, s, batch = self.model, self.model.shape, self.batch
         x = F.embedding(self.tokens, model.embed)  # [batch, hidden]
-        mask = torch.where(self.positions[None, :] <= self.pos[:, None], *self.mask_values)[:, None, None, :]
         if self.fused:
-            self._fused_layers(x, mask)
+            self._fused_layers(x)
         else:
+            mask = torch.where(self.positions[None, :] <= self.pos[:, None], *self.mask_values)[:, None, None, :]
             self._torch_layers(x, mask)
         token = self.logits.argmax(dim=-1)
         self.out.index_copy_(1, self.step, token[:, None])
@@ -314,17 +315,16 @@ class Session:
         # fused attention kernels return [batch, group, kv_heads, head_dim] in memory: no copy here
         return attention.transpose(1, 2).reshape(batch, s.heads * s.head_dim)
 
-    def _fused_layers(self, x, mask) -> None:
-        """The layers and the LM head through :mod:`benchlib.llm.kernels`: five launches per layer
-        plus attention."""
+    def _fused_layers(self, x) -> None:
+        """The layers and the LM head through :mod:`benchlib.llm.kernels`: five launches per layer."""
         from . import kernels
 
         model, s, batch = self.model, self.model.shape, self.batch
         eps, qkv = s.norm_eps, self.qkv.view(batch, s.heads + 2 * s.kv_heads, s.head_dim)
         for layer, cache in zip(model.layers, self.kv_layers):
             kernels.gemv(x, layer.qkv, self.qkv, norm_weight=layer.attn_norm, eps=eps)
-            kernels.rope_cache_(qkv, *self.rope, self.pos, cache, s.heads, s.kv_heads)
-            kernels.gemv(self._attention(qkv, cache, mask).contiguous(), layer.o, x, residual=True)
+            kernels.decode_attention_(qkv, *self.rope, self.pos, cache, self.attention_out, s.heads, s.kv_heads)
+            kernels.gemv(self.attention_out, layer.o, x, residual=True)
             kernels.gemv(x, layer.gate_up, self.mlp_hidden, norm_weight=layer.mlp_norm, eps=eps, swiglu=True)
             kernels.gemv(self.mlp_hidden, layer.down, x, residual=True)
         kernels.gemv(x, model.lm_head, self.logits, norm_weight=model.final_norm, eps=eps)
