@@ -98,59 +98,64 @@ def _kernels() -> tuple[Any, Any]:
     @triton.jit
     def decode_attention_kernel(qkv_ptr, cos_ptr, sin_ptr, pos_ptr, cache_ptr, out_ptr, HEADS, KV_HEADS,
                                 cache_batch_stride, cache_head_stride, scale,
-                                D: tl.constexpr, HALF: tl.constexpr, GROUP: tl.constexpr, BLOCK_S: tl.constexpr):
+                                D: tl.constexpr, HALF: tl.constexpr, BLOCK_S: tl.constexpr):
         row = tl.program_id(0)
-        kv_head = tl.program_id(1)
+        head = tl.program_id(1)
+        kv_head = head % KV_HEADS  # query head h reads KV head h % KV_HEADS (the model's layout)
         pos = tl.load(pos_ptr + row)
         pairs = tl.arange(0, HALF)
         token = qkv_ptr + row * (HEADS + 2 * KV_HEADS) * D
         cos = tl.load(cos_ptr + pos * D + 2 * pairs).to(tl.float32)
         sin = tl.load(sin_ptr + pos * D + 2 * pairs + 1).to(tl.float32)
-        # the new token's key (rotated) and value go into the cache at its position
+        # the new token's key, rotated, and value: every program of the group computes them in
+        # registers; the first one (head < KV_HEADS) also stores them into the cache
         key = token + (HEADS + kv_head) * D
         k_even = tl.load(key + 2 * pairs).to(tl.float32)
         k_odd = tl.load(key + 2 * pairs + 1).to(tl.float32)
         k_even, k_odd = k_even * cos - k_odd * sin, k_odd * cos + k_even * sin
+        k_even = k_even.to(cache_ptr.dtype.element_ty)
+        k_odd = k_odd.to(cache_ptr.dtype.element_ty)
+        value = token + (HEADS + KV_HEADS + kv_head) * D
+        v_even = tl.load(value + 2 * pairs)
+        v_odd = tl.load(value + 2 * pairs + 1)
         keys = cache_ptr + row * cache_batch_stride + kv_head * cache_head_stride
         values = keys + KV_HEADS * cache_head_stride
-        value = token + (HEADS + KV_HEADS + kv_head) * D
-        tl.store(keys + pos * D + 2 * pairs, k_even.to(cache_ptr.dtype.element_ty))
-        tl.store(keys + pos * D + 2 * pairs + 1, k_odd.to(cache_ptr.dtype.element_ty))
-        tl.store(values + pos * D + 2 * pairs, tl.load(value + 2 * pairs))
-        tl.store(values + pos * D + 2 * pairs + 1, tl.load(value + 2 * pairs + 1))
-        tl.debug_barrier()  # the block reads the position it just wrote
-        # the query heads reading this KV head: h = g * KV_HEADS + kv_head (the model's layout)
-        heads = tl.arange(0, GROUP) * KV_HEADS + kv_head
-        query = token + heads[:, None] * D + 2 * pairs[None, :]
-        q_even = tl.load(query).to(tl.float32)
-        q_odd = tl.load(query + 1).to(tl.float32)
-        q_even, q_odd = q_even * cos[None, :] - q_odd * sin[None, :], q_odd * cos[None, :] + q_even * sin[None, :]
+        if head < KV_HEADS:
+            tl.store(keys + pos * D + 2 * pairs, k_even)
+            tl.store(keys + pos * D + 2 * pairs + 1, k_odd)
+            tl.store(values + pos * D + 2 * pairs, v_even)
+            tl.store(values + pos * D + 2 * pairs + 1, v_odd)
+        query = token + head * D
+        q_even = tl.load(query + 2 * pairs).to(tl.float32)
+        q_odd = tl.load(query + 2 * pairs + 1).to(tl.float32)
+        q_even, q_odd = q_even * cos - q_odd * sin, q_odd * cos + q_even * sin
         q_even = q_even.to(qkv_ptr.dtype.element_ty).to(tl.float32) * scale  # rounded like the stored query
         q_odd = q_odd.to(qkv_ptr.dtype.element_ty).to(tl.float32) * scale
-        best = tl.full([GROUP], float("-inf"), dtype=tl.float32)
-        total = tl.zeros([GROUP], dtype=tl.float32)
-        out_even = tl.zeros([GROUP, HALF], dtype=tl.float32)
-        out_odd = tl.zeros([GROUP, HALF], dtype=tl.float32)
-        for start in range(0, pos + 1, BLOCK_S):  # only the filled part of the cache
+        # online softmax, seeded with the new token itself; the cache is read for positions < pos only
+        best = tl.sum(q_even * k_even.to(tl.float32), axis=0) + tl.sum(q_odd * k_odd.to(tl.float32), axis=0)
+        total = best * 0.0 + 1.0
+        out_even = v_even.to(tl.float32)
+        out_odd = v_odd.to(tl.float32)
+        for start in range(0, pos, BLOCK_S):
             slots = start + tl.arange(0, BLOCK_S)
-            filled = slots <= pos
+            filled = slots < pos
             at = slots[:, None] * D + 2 * pairs[None, :]
             ke = tl.load(keys + at, mask=filled[:, None], other=0.0).to(tl.float32)
             ko = tl.load(keys + at + 1, mask=filled[:, None], other=0.0).to(tl.float32)
-            scores = tl.sum(q_even[:, None, :] * ke[None, :, :], axis=2) + tl.sum(q_odd[:, None, :] * ko[None, :, :], axis=2)
-            scores = tl.where(filled[None, :], scores, float("-inf"))
-            new_best = tl.maximum(best, tl.max(scores, axis=1))
-            weights = tl.exp(scores - new_best[:, None])
+            scores = tl.sum(q_even[None, :] * ke, axis=1) + tl.sum(q_odd[None, :] * ko, axis=1)
+            scores = tl.where(filled, scores, float("-inf"))
+            new_best = tl.maximum(best, tl.max(scores, axis=0))
+            weights = tl.exp(scores - new_best)
             rescale = tl.exp(best - new_best)
-            total = total * rescale + tl.sum(weights, axis=1)
+            total = total * rescale + tl.sum(weights, axis=0)
             ve = tl.load(values + at, mask=filled[:, None], other=0.0).to(tl.float32)
             vo = tl.load(values + at + 1, mask=filled[:, None], other=0.0).to(tl.float32)
-            out_even = out_even * rescale[:, None] + tl.sum(weights[:, :, None] * ve[None, :, :], axis=1)
-            out_odd = out_odd * rescale[:, None] + tl.sum(weights[:, :, None] * vo[None, :, :], axis=1)
+            out_even = out_even * rescale + tl.sum(weights[:, None] * ve, axis=0)
+            out_odd = out_odd * rescale + tl.sum(weights[:, None] * vo, axis=0)
             best = new_best
-        target = out_ptr + row * HEADS * D + heads[:, None] * D + 2 * pairs[None, :]
-        tl.store(target, (out_even / total[:, None]).to(out_ptr.dtype.element_ty))
-        tl.store(target + 1, (out_odd / total[:, None]).to(out_ptr.dtype.element_ty))
+        target = out_ptr + (row * HEADS + head) * D + 2 * pairs
+        tl.store(target, (out_even / total).to(out_ptr.dtype.element_ty))
+        tl.store(target + 1, (out_odd / total).to(out_ptr.dtype.element_ty))
 
     return gemv_kernel, decode_attention_kernel
 
@@ -207,18 +212,16 @@ def gemv(x, weight, out, *, norm_weight=None, eps: float = 1e-5, residual: bool 
     return out
 
 
-def decode_attention_(qkv, cos, sin, pos, cache, out, heads: int, kv_heads: int, block_s: int = 64) -> None:
+def decode_attention_(qkv, cos, sin, pos, cache, out, heads: int, kv_heads: int, block_s: int = 128) -> None:
     """One decode step of grouped-query attention, fused: RoPE on the new key and queries, the key
     and value stored into ``cache [batch, 2 kv_heads, max_seq, D]`` at ``pos``, and softmax attention
     of each query over its KV head's positions ``0..pos`` (online softmax over ``block_s`` slots at
     a time; the unfilled rest of the cache is never read). ``out [batch, heads * D]`` gets the
-    result in the O projection's input layout. One program per (row, KV head)."""
+    result in the O projection's input layout. One program per (row, query head): the programs of
+    a group each rotate the new key in registers rather than wait for the one that stores it."""
     batch, _, head_dim = qkv.shape
-    group = heads // kv_heads
-    if group & (group - 1):
-        raise ValueError(f"the fused decode attention needs a power-of-two query group, not {group}")
     attention_kernel = _kernels()[1]
-    attention_kernel[(batch, kv_heads)](
+    attention_kernel[(batch, heads)](
         qkv, cos, sin, pos, cache, out, heads, kv_heads, cache.stride(0), cache.stride(1), head_dim ** -0.5,
-        D=head_dim, HALF=head_dim // 2, GROUP=group, BLOCK_S=block_s, num_warps=4,
+        D=head_dim, HALF=head_dim // 2, BLOCK_S=block_s, num_warps=4,
     )
