@@ -17,8 +17,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     resume = _resolve_resume(args.resume, Path(args.out)) if args.resume else None
     if args.invocations is not None and args.invocations < 1:
         raise BenchlibError(f"--invocations must be at least 1, not {args.invocations}.")
+    if args.lock_timeout is not None and not args.lock_timeout > 0:
+        raise BenchlibError(f"--lock-timeout must be a positive number of seconds, not {args.lock_timeout:g}.")
     options = RunOptions(suite=suite, arms=arms, invocations=args.invocations, out=Path(args.out),
-                         resume=resume, skip_unavailable=args.skip_unavailable, progress=not args.no_progress)
+                         resume=resume, skip_unavailable=args.skip_unavailable, progress=not args.no_progress,
+                         gpu_lock=args.gpu_lock, lock_timeout_s=args.lock_timeout)
     print(f"suite {suite}" + (f", arms {args.arms}" if args.arms else ""), file=sys.stderr)
     outcome = run_suite(options, log=lambda message: print(message, file=sys.stderr))
     print(describe(outcome))
@@ -117,7 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="run a suite of benchmarks across arms, interleaved")
-    run.add_argument("--suite", default="auto", help="suite name or YAML path; auto: quick with a GPU, smoke without")
+    run.add_argument("--suite", default="auto", help="suite name or YAML path; auto: quick with a GPU, smoke without. A suite entry's params is "
+                          "a file stem under params/<benchmark>/ or a .yaml path (absolute or relative to the suite); "
+                          "every file is validated before anything runs (exit 2, nothing written)")
     run.add_argument("--arms", help="comma-separated arm names (baseline first); default: the suite's arms")
     run.add_argument("--invocations", type=int, help="invocations per case and arm; default: the suite's")
     run.add_argument("--out", default=str(paths.default_outputs()), help="outputs directory (default: outputs/)")
@@ -125,6 +130,13 @@ def build_parser() -> argparse.ArgumentParser:
                      help="complete an interrupted run (default: the latest under --out)")
     run.add_argument("--skip-unavailable", action="store_true",
                      help="drop arms that fail their preflight check (saying why) instead of stopping")
+    run.add_argument("--gpu-lock", choices=["wait", "refuse", "off"], default="wait",
+                     help="one run per GPU: when another run holds this host's GPU (its CPU without one), wait "
+                          "for it (default; says what it waits for on stderr), refuse at once (exit 2), or off "
+                          "(no lock). Locks are files in $BENCHLIB_LOCK_DIR (default /tmp/benchlib-locks); "
+                          "$BENCHLIB_GPU_IDS replaces the GPU UUIDs")
+    run.add_argument("--lock-timeout", type=float, metavar="SECONDS",
+                     help="with --gpu-lock wait: give up (exit 2) after waiting this long (default: no limit)")
     run.add_argument("--report", action="store_true", help="build the HTML report when the run ends")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.set_defaults(handler=_cmd_run)

@@ -44,8 +44,8 @@ def resolve_device(requested: str = "auto") -> Device:
 
 
 @functools.lru_cache(maxsize=1)
-def host_gpu_names() -> tuple[str, ...]:
-    """The GPUs NVML sees on this host (empty without a driver); cheap, no torch import."""
+def _host_gpus() -> tuple[tuple[str, str], ...]:
+    """(name, UUID) of every GPU NVML sees on this host (empty without a driver); cheap, no torch."""
     try:
         import pynvml
 
@@ -53,10 +53,24 @@ def host_gpu_names() -> tuple[str, ...]:
     except Exception:  # no NVML library or no driver: no GPU for our purposes
         return ()
     try:
-        count = pynvml.nvmlDeviceGetCount()
-        return tuple(pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByIndex(i)) for i in range(count))
+        handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
+        return tuple((_text(pynvml.nvmlDeviceGetName(h)), _text(pynvml.nvmlDeviceGetUUID(h))) for h in handles)
     finally:
         pynvml.nvmlShutdown()
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def host_gpu_names() -> tuple[str, ...]:
+    """The GPUs NVML sees on this host (empty without a driver)."""
+    return tuple(name for name, _ in _host_gpus())
+
+
+def host_gpu_uuids() -> tuple[str, ...]:
+    """The UUIDs (``GPU-8f3c...``) of the GPUs NVML sees on this host, in NVML order (empty without one)."""
+    return tuple(uuid for _, uuid in _host_gpus())
 
 
 def host_gpu_count() -> int:

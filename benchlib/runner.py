@@ -3,7 +3,8 @@
 Every invocation runs ``python -m papermill notebooks/<bench>.ipynb .../executed.ipynb -f
 .../params.yaml -k python3`` launched through its arm (:mod:`benchlib.engines`): natively on the
 host, or inside a container with the repository mounted read-only and the run directory writable.
-Arms are preflighted before anything is written; the manifest is rewritten after every
+Arms are preflighted before anything is written; then the run takes this host's GPUs (one run
+per GPU, :mod:`benchlib.gpulock`) for as long as it runs. The manifest is rewritten after every
 invocation, so ``--resume`` can pick up where an interrupted run stopped.
 """
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 import yaml
 from tqdm.auto import tqdm
 
-from . import __version__, _atomic, engines, paths
+from . import __version__, _atomic, engines, gpulock, paths
 from .arms import Arm, arm_from_spec, select_arms
 from .bench import ENV_FILE, RESULTS_FILE, TELEMETRY_FILE
 from .device import host_gpu_count, host_gpu_names
@@ -42,6 +43,8 @@ class RunOptions:
     resume: Path | None = None  # an existing run directory to complete
     skip_unavailable: bool = False  # drop arms that fail preflight (saying why) instead of stopping
     progress: bool = True
+    gpu_lock: str = "wait"  # another run holds this host's GPU: wait, refuse or off (benchlib.gpulock)
+    lock_timeout_s: float | None = None  # with wait: give up after this many seconds (None: no limit)
 
 
 @dataclass
@@ -68,19 +71,21 @@ def run_suite(options: RunOptions, log=print) -> RunOutcome:
     out_dir = Path(options.out).resolve()
     ready, skipped = _preflight_all(arms, out_dir, has_gpu, options.skip_unavailable, log)
     invocations = plan(suite, [arm for arm, _ in ready], options.invocations or suite.invocations)
-    run_dir = _new_run_dir(out_dir, suite.name)
-    manifest = Manifest(
-        run_id=run_dir.name,
-        suite=suite.name,
-        created_at=_now(),
-        arms=[{**arm.to_dict(), "preflight": facts} for arm, facts in ready],
-        invocations=invocations,
-        host=_host_facts(has_gpu),
-        benchlib={"version": __version__, "commit": _git_commit()},
-        skipped_arms=skipped,
-    )
-    manifest.save(run_dir)
-    return _execute(run_dir, manifest, suite, [arm for arm, _ in ready], options, log)
+    with _device_lock(options, f"suite {suite.name} (starting)", log) as lock:
+        run_dir = _new_run_dir(out_dir, suite.name)
+        lock.name_run(run_dir.name)
+        manifest = Manifest(
+            run_id=run_dir.name,
+            suite=suite.name,
+            created_at=_now(),
+            arms=[{**arm.to_dict(), "preflight": facts} for arm, facts in ready],
+            invocations=invocations,
+            host=_host_facts(has_gpu),
+            benchlib={"version": __version__, "commit": _git_commit()},
+            skipped_arms=skipped,
+        )
+        manifest.save(run_dir)
+        return _execute(run_dir, manifest, suite, [arm for arm, _ in ready], options, log)
 
 
 def _resume(run_dir: Path, options: RunOptions, log) -> RunOutcome:
@@ -90,14 +95,20 @@ def _resume(run_dir: Path, options: RunOptions, log) -> RunOutcome:
     arms = [arm_from_spec({k: v for k, v in spec.items() if k in Arm.__dataclass_fields__}, "manifest")
             for spec in manifest.arms]
     _preflight_all(arms, run_dir.parent, host_gpu_count() > 0, False, log)
-    for invocation in manifest.invocations:
-        if invocation.status != COMPLETE:
-            invocation.status = PENDING
-    manifest.status = RUNNING
-    manifest.save(run_dir)
-    remaining = sum(1 for inv in manifest.invocations if inv.status != COMPLETE)
-    log(f"resuming {run_dir}: {remaining} of {len(manifest.invocations)} invocations left")
-    return _execute(run_dir, manifest, suite, arms, options, log)
+    with _device_lock(options, run_dir.name, log):
+        for invocation in manifest.invocations:
+            if invocation.status != COMPLETE:
+                invocation.status = PENDING
+        manifest.status = RUNNING
+        manifest.save(run_dir)
+        remaining = sum(1 for inv in manifest.invocations if inv.status != COMPLETE)
+        log(f"resuming {run_dir}: {remaining} of {len(manifest.invocations)} invocations left")
+        return _execute(run_dir, manifest, suite, arms, options, log)
+
+
+def _device_lock(options: RunOptions, run: str, log) -> gpulock.DeviceLock:
+    """This host's GPUs (or its CPU) for the whole run; released when the run ends or the process dies."""
+    return gpulock.DeviceLock(options.gpu_lock, options.lock_timeout_s, run=run, log=log)
 
 
 def _preflight_all(arms: list[Arm], out_dir: Path, has_gpu: bool, skip_unavailable: bool, log):

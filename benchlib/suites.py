@@ -2,7 +2,16 @@
 
 A suite expands into a plan: every case of every params file, run ``invocations`` times in every
 arm, interleaved round by round (native#1, container#1, native#2, container#2, ...) so that drift
-(clocks, heat) hits all arms alike. Everything is validated here, before anything is written.
+(clocks, heat) hits all arms alike. Everything is validated here, before anything is written: the
+suite file against :class:`_SuiteFile` (strictly: ``invocations: "3"`` or ``cooldown_s: -1`` is an
+error, as is any key not listed), every arm (:mod:`benchlib.arms`, and an isolated or rootfs arm's
+flags), every benchmark name, and every case of every params file against its workload's model. A
+case may appear once in a suite. Each error is one sentence naming the file, the key and what is
+allowed, e.g. ``params/suites/x.yaml: key 'benchmarks[1].benchmark' must be one of ..., not 'matmull'.``
+
+A suite entry's ``params`` is either a file stem under ``params/<benchmark>/`` (``quick``) or a path
+to a YAML file ending in ``.yaml`` or ``.yml``: absolute, or relative to the suite file's folder (a
+path relative to the repository root, such as ``params/matmul/quick.yaml``, is also found).
 """
 from __future__ import annotations
 
@@ -13,27 +22,29 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from . import paths
+from . import oci, paths
 from .arms import Arm, arm_from_spec
-from .errors import ParamsError
+from .errors import ParamsError, PreflightError
 from .manifest import Invocation
-from .params import expand_cases, read_yaml, validate
+from .params import error_sentence, key_name, read_yaml, validated_cases
 from .schema import case_id
-from .workloads import get_workload
+from .workloads import get_workload, registry
+
+_STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 class _Entry(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = _STRICT
     benchmark: str
-    params: str  # a file stem under params/<benchmark>/, or a path
+    params: str = Field(min_length=1)  # a file stem under params/<benchmark>/, or a path to a .yaml file
     estimate_s: float | None = Field(None, gt=0)  # seconds one invocation of one case takes, for `benchlib list`
 
 
 class _SuiteFile(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = _STRICT
     description: str = ""
     invocations: int = Field(3, ge=1)
-    arms: list[str | dict[str, Any]] = Field(default_factory=lambda: ["native"], min_length=1)
+    arms: list[Any] = Field(default_factory=lambda: ["native"], min_length=1)  # names or mappings (arms.ArmSpec)
     benchmarks: list[_Entry] = Field(min_length=1)
     cooldown_s: float = Field(0.0, ge=0)  # pause between invocations, to let clocks and heat settle
     shuffle_arms: bool = False  # shuffle the arm order within each round, with ``seed``
@@ -91,45 +102,71 @@ def load_suite(name_or_path: str) -> Suite:
     try:
         spec = _SuiteFile.model_validate(raw)
     except ValidationError as exc:
-        error = exc.errors()[0]
-        key = ".".join(str(part) for part in error["loc"])
-        raise ParamsError(f"{source}: key {key!r}: {error['msg']}.") from None
-    arms = [arm_from_spec(entry, source) for entry in spec.arms]
-    if len({arm.name for arm in arms}) != len(arms):
-        raise ParamsError(f"{source}: two arms share a name; arm names must be unique.")
-    cases = [case for entry in spec.benchmarks
-             for case in expand_entry(entry.benchmark, entry.params, source, entry.estimate_s)]
-    _check_unique_cases(cases, source)
+        raise ParamsError(error_sentence(source, exc, _SuiteFile)) from None
+    arms = _arms(spec.arms, source)
+    cases: list[PlannedCase] = []
+    first_seen: dict[tuple[str, str], tuple[int, str]] = {}
+    for index, entry in enumerate(spec.benchmarks):
+        for case in expand_entry(entry.benchmark, entry.params, source, entry.estimate_s,
+                                 loc=("benchmarks", index), base_dir=path.resolve().parent):
+            _check_unique(case, index, first_seen, source)
+            cases.append(case)
     return Suite(path.stem, path, spec.description, spec.invocations, arms, cases,
                  spec.cooldown_s, spec.shuffle_arms, spec.seed, spec.timeout_s)
 
 
-def params_path(benchmark: str, params: str) -> Path:
-    candidate = Path(params)
+def _arms(specs: list[Any], source: str) -> list[Arm]:
+    """Every arm of the suite, validated (an isolated or rootfs arm's flags too), names unique."""
+    arms: list[Arm] = []
+    for index, spec in enumerate(specs):
+        arm = arm_from_spec(spec, source, loc=("arms", index))
+        if arm.kind in ("isolated", "rootfs"):
+            try:
+                oci.parse_run_flags(arm)  # pure parsing; what the arm's preflight would refuse later
+            except PreflightError as exc:
+                reason = str(exc).removeprefix(f"arm {arm.name!r}: ")
+                raise ParamsError(f"{source}: key {key_name(('arms', index, 'flags'))!r} is not valid: {reason}") from None
+        if any(arm.name == other.name for other in arms):
+            raise ParamsError(f"{source}: key {key_name(('arms', index))!r} repeats arm name {arm.name!r}; "
+                              "arm names must be unique.")
+        arms.append(arm)
+    return arms
+
+
+def params_path(benchmark: str, params: str, base_dir: Path | None = None) -> Path:
+    """Where a suite entry's ``params`` points: a stem under params/<benchmark>/, or a .yaml path
+    (absolute, relative to ``base_dir`` (the suite's folder), else relative to the repository root)."""
+    candidate = Path(params).expanduser()
     if candidate.suffix in (".yaml", ".yml"):
-        return candidate if candidate.is_absolute() else paths.repo_root() / candidate
+        if candidate.is_absolute():
+            return candidate
+        nearby = (base_dir or paths.repo_root()) / candidate
+        from_root = paths.repo_root() / candidate
+        return nearby if nearby.is_file() or not from_root.is_file() else from_root
     return paths.params_dir() / benchmark / f"{params}.yaml"
 
 
-def expand_entry(benchmark: str, params: str, source: str, estimate_s: float | None = None) -> list[PlannedCase]:
-    """Validate one params file against its workload and return its cases."""
-    try:
-        workload = get_workload(benchmark)
-    except ParamsError as exc:
-        raise ParamsError(f"{source}: {exc}") from None
-    path = params_path(benchmark, params)
-    values = read_yaml(path)
+def expand_entry(benchmark: str, params: str, source: str, estimate_s: float | None = None,
+                 loc: tuple = ("benchmarks",), base_dir: Path | None = None) -> list[PlannedCase]:
+    """Validate one params file against its workload and return its cases; ``source`` is the suite
+    file and ``loc`` the entry's place in it, for errors about the entry itself."""
+    if benchmark not in registry():
+        raise ParamsError(f"{source}: key {key_name((*loc, 'benchmark'))!r} must be one of "
+                          f"{', '.join(sorted(registry()))}, not {benchmark!r}.")
+    workload = get_workload(benchmark)
+    path = params_path(benchmark, params, base_dir)
+    if not path.is_file():
+        stems = ", ".join(sorted(p.stem for p in (paths.params_dir() / benchmark).glob("*.yaml")))
+        raise ParamsError(f"{source}: key {key_name((*loc, 'params'))!r} names {path}, which does not exist; "
+                          f"use a file of params/{benchmark}/ ({stems}) or a path to a .yaml file.")
     where = _display(path)
-    try:
-        cases = expand_cases(values, workload.case_keys)
-    except ParamsError as exc:
-        raise ParamsError(f"{where}: {exc}") from None
+    values = read_yaml(path)
     planned = []
-    for case_values in cases:
+    for case_values, validated in validated_cases(workload.params_model, values, workload.case_keys, where):
         # The case is named from the validated values, exactly as bench.py names its results,
         # so a case key left to its default still gets the same name in the plan and the data.
-        validated = validate(workload.params_model, case_values, where).model_dump()
-        planned.append(PlannedCase(benchmark, where, case_id(validated, workload.case_keys), case_values, estimate_s))
+        name = case_id(validated.model_dump(), workload.case_keys)
+        planned.append(PlannedCase(benchmark, where, name, case_values, estimate_s))
     return planned
 
 
@@ -150,16 +187,17 @@ def plan(suite: Suite, arms: list[Arm], invocations: int) -> list[Invocation]:
     return order
 
 
-def _check_unique_cases(cases: list[PlannedCase], source: str) -> None:
-    seen: dict[tuple[str, str], str] = {}
-    for case in cases:
-        key = (case.benchmark, case.case)
-        if key in seen:
-            raise ParamsError(
-                f"{source}: case {case.case!r} of {case.benchmark} comes twice ({seen[key]} and {case.params_file}); "
-                "each case may appear once in a suite."
-            )
-        seen[key] = case.params_file
+def _check_unique(case: PlannedCase, index: int, first_seen: dict[tuple[str, str], tuple[int, str]],
+                  source: str) -> None:
+    key = (case.benchmark, case.case)
+    if key in first_seen:
+        first_index, first_file = first_seen[key]
+        raise ParamsError(
+            f"{source}: key {key_name(('benchmarks', index))!r} plans case {case.case!r} of {case.benchmark} again "
+            f"({case.params_file}), which {key_name(('benchmarks', first_index))} ({first_file}) already plans; "
+            "each case may appear once in a suite."
+        )
+    first_seen[key] = (index, case.params_file)
 
 
 def _display(path: Path) -> str:
