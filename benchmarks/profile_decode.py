@@ -1,0 +1,70 @@
+"""Where does one decode step's time go? Kernel times of the reference decoder's CUDA-graph step.
+
+Run on a GPU (under a minute):
+
+    python benchmarks/profile_decode.py [--kernels triton|torch] [--batch 1] [--steps 20]
+
+Captures the decode step of the Llama 3.2 1B shape (bf16, 128-token prompt) in a CUDA graph like
+the benchmark does, replays it ``--steps`` times under ``torch.profiler`` and prints the GPU time
+per step by kernel name, with each kernel's count per step, and the step's wall time from CUDA
+events (the sum of kernel times is below it by the gaps between kernels).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchlib.device import resolve_device  # noqa: E402
+from benchlib.llm import SHAPES, BackendConfig, InputSpec  # noqa: E402
+from benchlib.llm.reference import ReferenceBackend  # noqa: E402
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--kernels", default="triton", choices=["triton", "torch"])
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=20)
+    args = parser.parse_args()
+
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    device = resolve_device("cuda")
+    shape = SHAPES["llama-1b"]
+    config = BackendConfig("reference", shape, "bf16", "graph", args.batch, 128, args.steps + 8, 42,
+                           kernels=args.kernels)
+    backend = ReferenceBackend(config, device)
+    tokens, lengths = InputSpec(args.batch, 128, args.steps + 8, shape.vocab, seed=42).batch_at(0).padded()[0], None
+    with torch.inference_mode():
+        prompts = torch.from_numpy(tokens).cuda()
+        backend.session.prefill(prompts, torch.full((args.batch,), 128, device="cuda"))
+        for _ in range(3):
+            backend.step()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            start.record()
+            for _ in range(args.steps):
+                backend.step()
+            end.record()
+            torch.cuda.synchronize()
+    step_us = start.elapsed_time(end) * 1e3 / args.steps
+    totals: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
+    for event in prof.events():
+        if event.device_type.name == "CUDA":
+            totals[event.name][0] += event.device_time / args.steps
+            totals[event.name][1] += 1 / args.steps
+    kernel_us = sum(total for total, _ in totals.values())
+    print(f"{args.kernels} kernels, batch {args.batch}: step {step_us:.1f} us wall (CUDA events), "
+          f"{kernel_us:.1f} us in kernels, {sum(n for _, n in totals.values()):.0f} kernels per step")
+    for name, (total, count) in sorted(totals.items(), key=lambda item: -item[1][0])[:15]:
+        print(f"{total:8.1f} us  {count:5.0f}x  {name[:100]}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
