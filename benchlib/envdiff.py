@@ -46,6 +46,10 @@ class Mechanism:
     keys: tuple[str, ...]  # fnmatch patterns of flattened fingerprint keys
 
 
+#: The mechanism whose keys say which arm a process ran in rather than why it ran at another speed.
+ARM_IDENTITY = "container / engine / image"
+
+
 #: DESIGN.md, "What is known to make a container slower", in that order.
 MECHANISMS: tuple[Mechanism, ...] = (
     Mechanism("framework build", "a different torch/CUDA/cuBLAS/cuDNN build runs different kernels: 2x and more",
@@ -79,7 +83,7 @@ MECHANISMS: tuple[Mechanism, ...] = (
                "gpus.*.mig_mode*", "gpus.*.ecc_mode*", "gpus.*.compute_mode", "gpus.*.pcie_*", "gpus.*.name", "gpus")),
     Mechanism("overlay filesystem / network namespace", "an overlay or read-only root and a network namespace cost "
               "I/O and network latency only", ("mounts.*", "process.namespaces.net")),
-    Mechanism("container / engine / image", "which engine, image, run flags and namespaces the process ran in: the "
+    Mechanism(ARM_IDENTITY, "which engine, image, run flags and namespaces the process ran in: the "
               "arm itself (namespace ids change with every container)",
               ("container.*", "arm.*", "env.BENCHLIB_ARM_KIND", "env.BENCHLIB_ENGINE", "env.BENCHLIB_IMAGE*",
                "env.BENCHLIB_RUN_FLAGS", "process.namespaces.*", "process.pid_namespace_pid1", "process.pid1_name")),
@@ -189,3 +193,16 @@ def likely_causes(diff: pd.DataFrame, arm: str, baseline: str, limit: int = 2) -
         first = rows.iloc[0]
         leads.append(f"{mechanism} differs ({first['key']}: {first[baseline]} in {baseline}, {first[arm]} in {arm})")
     return leads[:limit]
+
+
+def between(diff: pd.DataFrame, arm: str, baseline: str) -> pd.DataFrame:
+    """The rows of an :func:`env_diff` whose value differs between ``baseline`` and ``arm``: known
+    mechanisms first, then other keys, then the keys that only say which arm it is (the
+    :data:`ARM_IDENTITY` mechanism: engine, image, namespace ids), each group in ``diff``'s order.
+    Columns: key, mechanism, why, baseline, arm; empty when either arm is not in ``diff``."""
+    columns = [*DIFF_COLUMNS_HEAD, baseline, arm]
+    if diff.empty or arm not in diff.columns or baseline not in diff.columns:
+        return pd.DataFrame(columns=columns)
+    rows = diff.loc[diff[arm] != diff[baseline], columns]
+    group = rows["mechanism"].map(lambda name: 2 if name == ARM_IDENTITY else 1 if name is None or pd.isna(name) else 0)
+    return rows.iloc[group.argsort(kind="stable")].reset_index(drop=True)

@@ -138,6 +138,14 @@ def _forest_rows(comparison: pd.DataFrame) -> pd.DataFrame:
     return rows.reset_index(drop=True)
 
 
+def _overhead_range(*percent: pd.Series) -> list[float]:
+    """An x range (%) that holds these overheads and CI ends, at least [-15, 60], at most [-100, 300]."""
+    with np.errstate(invalid="ignore"):
+        values = np.concatenate([np.asarray(p, dtype=float) for p in percent])
+        low, high = float(np.nanmin(values)), float(np.nanmax(values))
+    return [max(-100.0, min(-15.0, low - 5)), min(300.0, max(60.0, high + 5))]
+
+
 def forest(comparison: pd.DataFrame, margin: float) -> go.Figure:
     """Overhead (%) of each arm against the baseline per case, with its 95 % CI, on the seed's
     verdict bands and the equivalence margin. Positive = the arm is slower."""
@@ -145,10 +153,7 @@ def forest(comparison: pd.DataFrame, margin: float) -> go.Figure:
     rows = _forest_rows(comparison)
     if rows.empty:
         return message(title, "nothing to compare: no case has results in two arms")
-    with np.errstate(invalid="ignore"):
-        low = float(np.nanmin(np.concatenate([rows["oh_low"], rows["oh"]])))
-        high = float(np.nanmax(np.concatenate([rows["oh_high"], rows["oh"]])))
-    x_range = [max(-100.0, min(-15.0, low - 5)), min(300.0, max(60.0, high + 5))]
+    x_range = _overhead_range(rows["oh_low"], rows["oh"], rows["oh_high"])
     fig = go.Figure()
     for x0, x1, label, colour in BANDS:
         fig.add_vrect(x0=x0, x1=x_range[1] if x1 is None else x1, fillcolor=colour, line_width=0, layer="below",
@@ -177,6 +182,54 @@ def forest(comparison: pd.DataFrame, margin: float) -> go.Figure:
         legend={"orientation": "h", "x": 1, "xanchor": "right", "y": 1.02, "yanchor": "bottom"},
         margin={"l": 20, "r": 20, "t": 90, "b": 50},
     )
+    return fig
+
+
+# --------------------------------------------------------------------------- decomposition
+
+#: effect -> (panel title, colour) of the decomposition's forest plot, in panel order.
+EFFECT_STYLE = {
+    "isolation": ("isolation: isolated vs native", "#1f77b4"),
+    "stack": ("software stack: rootfs vs native", "#ff7f0e"),
+    "interaction": ("interaction (0: the two multiply)", "#9467bd"),
+    "total": ("total: container vs native", "#7f7f7f"),
+}
+
+
+def decomposition(effects: pd.DataFrame) -> go.Figure:
+    """One forest panel per effect of ``stats.decompose`` (overhead %, 95 % CI), cases on a shared axis
+    and one overhead range for all panels, so that the effects compare at a glance.
+
+    Positive = slower. A point without a bar had too few invocations for a CI.
+    """
+    title = "The container's overhead split into isolation, software stack and their interaction, 95 % CI"
+    rows = effects[np.isfinite(effects["ratio"].astype(float))] if not effects.empty else effects
+    if rows.empty:
+        return message(title, "no decomposition: it needs a native arm and an isolated or rootfs arm (see the note above)")
+    present = [name for name in EFFECT_STYLE if name in set(rows["effect"])]
+    labels = [case_label(b, c, m) for b, c, m in rows[["benchmark", "case", "metric"]].itertuples(index=False)]
+    rows = rows.assign(label=[wrapped(label, 40) for label in labels])
+    fig = make_subplots(rows=1, cols=len(present), shared_yaxes=True, horizontal_spacing=0.03,
+                        subplot_titles=[plain(EFFECT_STYLE[name][0]) for name in present])
+    x_range = _overhead_range(*(100 * rows[c].astype(float) for c in ("overhead_low", "overhead", "overhead_high")))
+    for col, name in enumerate(present, start=1):
+        part = rows[rows["effect"] == name]
+        colour = EFFECT_STYLE[name][1]
+        fig.add_trace(go.Scatter(
+            x=100 * part["overhead"], y=part["label"], mode="markers", name=plain(name), showlegend=False,
+            marker={"color": colour, "size": 10},
+            error_x={"type": "data", "symmetric": False, "color": colour, "thickness": 2,
+                     "array": (100 * (part["overhead_high"] - part["overhead"])).fillna(0),
+                     "arrayminus": (100 * (part["overhead"] - part["overhead_low"])).fillna(0)},
+            customdata=[plain(f"{formula}: {100 * oh:+.1f} %")
+                        for formula, oh in part[["formula", "overhead"]].itertuples(index=False)],
+            hovertemplate="%{y}<br>%{customdata}<extra></extra>",
+        ), row=1, col=col)
+        fig.add_vline(x=0, line_color="#444", line_width=1, row=1, col=col)
+        fig.update_xaxes(title_text="overhead (%)", zeroline=False, range=x_range, row=1, col=col)
+    fig.update_yaxes(autorange="reversed")
+    fig.update_layout(template=TEMPLATE, title={"text": plain(title), "y": 0.98, "yanchor": "top"},
+                      height=200 + 44 * rows["label"].nunique(), margin={"l": 20, "r": 20, "t": 100, "b": 50})
     return fig
 
 

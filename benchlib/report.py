@@ -39,7 +39,7 @@ from .manifest import COMPLETE, FAILED, MANIFEST_FILE, Invocation, Manifest
 from .results import load_envs, load_manifest, load_telemetry
 
 NOTEBOOK = "analysis.ipynb"
-FIGURES = ("forest", "distributions", "telemetry", "energy", "ceilings")
+FIGURES = ("forest", "decomposition", "distributions", "telemetry", "energy", "ceilings")
 SUMMARY_CSV, SUMMARY_JSON, MARKDOWN = "summary.csv", "summary.json", "comparison_report.md"
 INDEX_JSON = "index.json"
 THROTTLED_SHARE = 0.05  # above this share of throttled samples, the report says so
@@ -365,6 +365,20 @@ class Analysis:
     def ceilings(self) -> pd.DataFrame:
         return ceiling_fractions(self.results)
 
+    @cached_property
+    def roles(self) -> dict[str, str]:
+        """Arm of each role of the decomposition (native, isolated, rootfs, container) this run has."""
+        return decomposition_roles(self.manifest.arms, self.baseline)
+
+    @cached_property
+    def decomposition(self) -> pd.DataFrame:
+        """stats.decompose of the times and rates, by the arms in :attr:`roles`; empty without a native
+        arm, or without an isolated or rootfs arm (the total alone is the forest plot's container row)."""
+        if "native" not in self.roles or not {"isolated", "rootfs"} & set(self.roles):
+            return pd.DataFrame(columns=stats.DECOMPOSE_COLUMNS)
+        performance = self.results[self.results["unit"].map(is_performance).astype(bool)]
+        return stats.decompose(performance, **self.roles)
+
     # ----------------------------------------------------------------- words
 
     def headline(self) -> list[str]:
@@ -458,6 +472,7 @@ class Analysis:
             "telemetry": lambda: figures.telemetry(self.telemetry, self.arms),
             "energy": lambda: figures.energy(self.energy, self.arms),
             "ceilings": lambda: figures.ceilings(self.ceilings, self.arms, self.devices),
+            "decomposition": lambda: figures.decomposition(self.decomposition),
         }
         if name not in builders:
             raise ValueError(f"unknown figure {name!r}; figures are {', '.join(FIGURES)}")
@@ -506,6 +521,49 @@ class Analysis:
             columns={"mechanism": "known mechanism", "why": "why it matters", "varies_in": "varies within"})
         return Html(figures.html_table(frame.fillna("")))
 
+    def decomposition_frame(self) -> pd.DataFrame:
+        """The decomposition as people read it: one row per case and metric, effects as overhead."""
+        rows = []
+        for (benchmark, case, metric), part in self.decomposition.groupby(stats.CASE_KEYS, sort=False):
+            by_effect = {row.effect: row for row in part.itertuples(index=False)}
+            record = {"case": f"{benchmark} {case}", "metric": metric}
+            for effect, title in DECOMPOSITION_TITLES.items():
+                record[title] = _overhead_text(by_effect[effect]) if effect in by_effect else "—"
+            rows.append({**record, "reading": part["reading"].iloc[0]})
+        return pd.DataFrame(rows)
+
+    def decomposition_notes(self) -> list[str]:
+        """Which arms the decomposition uses, what it cannot compute and why, in sentences."""
+        if "native" not in self.roles:
+            return ["No decomposition: it needs a native arm (the host) to divide by."]
+        used = ", ".join(f"{role} = {arm}" for role, arm in self.roles.items())
+        others = [spec["name"] for spec in self.manifest.arms
+                  if spec.get("kind") in self.roles and spec["name"] not in self.roles.values()]
+        notes = [f"Arms: {used}" + (f" (not used here: {', '.join(others)})." if others else ".")]
+        lacking = (_missing_effects(self.roles), _image_mismatch(self.manifest.arms, self.roles))
+        return notes + [note for note in lacking if note]
+
+    def decomposition_table(self) -> Html:
+        notes = "".join(f"<p class='benchlib-note'>{html.escape(note)}</p>" for note in self.decomposition_notes())
+        if self.decomposition.empty:
+            return Html(notes)
+        return Html(notes + figures.html_table(self.decomposition_frame()))
+
+    def decomposition_env(self, effect: str) -> Html:
+        """The fingerprint keys that differ between native and the arm of one effect ("isolation" or "stack")."""
+        role = {"isolation": "isolated", "stack": "rootfs"}[effect]
+        native, arm = self.roles.get("native"), self.roles.get(role)
+        if native is None or arm is None:
+            return Html(f"<p class='benchlib-note'>No {html.escape(role)} arm in this run: nothing to compare with native.</p>")
+        diff = envdiff.between(self.env_diff, arm, native)
+        if diff.empty:
+            return Html(f"<p class='benchlib-note'>The fingerprints of {html.escape(native)} and {html.escape(arm)} "
+                        "do not differ (noise keys such as timestamps and pids are ignored).</p>")
+        repeated = diff["mechanism"].notna() & diff["mechanism"].duplicated()
+        frame = diff.assign(why=diff["why"].mask(repeated, "")).rename(
+            columns={"mechanism": "known mechanism", "why": "why it matters"})
+        return Html(figures.html_table(frame.fillna("")))
+
     def summary_table(self) -> Html:
         if self.comparison.empty:
             return Html("<p class='benchlib-note'>No comparison: see the problems at the top.</p>")
@@ -525,6 +583,63 @@ def _ratio_text(ratio: float, low: float, high: float) -> str:
     if not np.isfinite(ratio):
         return "—"
     return f"{ratio:.3f} [{low:.3f}, {high:.3f}]" if np.isfinite(low) and np.isfinite(high) else f"{ratio:.3f} (no CI)"
+
+
+#: effect of stats.decompose -> its column in the decomposition table.
+DECOMPOSITION_TITLES = {
+    "isolation": "isolation effect [95 % CI]", "stack": "stack effect [95 % CI]",
+    "interaction": "interaction [95 % CI]", "total": "total [95 % CI]",
+}
+#: role -> how to add its arm to a run, for the sentence on what the decomposition lacks.
+_ROLE_HINTS = {
+    "native": "add native to --arms",
+    "isolated": "add isolated to --arms",
+    "rootfs": "export the container's image with `benchlib image export IMAGE DIR`, then add rootfs to --arms "
+              "with BENCHLIB_ROOTFS=DIR",
+    "container": "add container to --arms",
+}
+
+
+def decomposition_roles(arms: list[dict[str, Any]], baseline: str | None) -> dict[str, str]:
+    """Role -> arm name from the manifest's arms: per kind, the baseline if it is of that kind, else
+    the suite's first arm of it."""
+    roles: dict[str, str] = {}
+    for spec in arms:
+        kind = spec.get("kind")
+        if kind in stats.ROLES and (kind not in roles or spec.get("name") == baseline):
+            roles[kind] = str(spec.get("name"))
+    return {role: roles[role] for role in stats.ROLES if role in roles}
+
+
+def _missing_effects(roles: dict[str, str]) -> str:
+    """One sentence on the effects the run's arms cannot give, or ""."""
+    missing = [effect for effect, sides in stats.EFFECTS.items() if not set(sum(sides, ())) <= set(roles)]
+    if not missing:
+        return ""
+    lacking = [role for role in stats.ROLES if role not in roles]
+    effects = ", ".join(DECOMPOSITION_TITLES[effect].removesuffix(" [95 % CI]") for effect in missing)
+    arms = " or ".join([", ".join(lacking[:-1]), lacking[-1]] if len(lacking) > 1 else lacking)
+    return (f"Not computed: {effects}, as this run has no {arms} arm "
+            f"({'; '.join(_ROLE_HINTS[role] for role in lacking)}).")
+
+
+def _image_mismatch(arms: list[dict[str, Any]], roles: dict[str, str]) -> str:
+    """A sentence when the rootfs arm's image is not the container arm's (by image ID), or ""."""
+    ids = {role: ((spec.get("preflight") or {}).get("image_id")) for spec in arms
+           for role in ("rootfs", "container") if roles.get(role) == spec.get("name")}
+    if len(ids) < 2 or not all(ids.values()) or ids["rootfs"] == ids["container"]:
+        return ""
+    return (f"The rootfs arm's image ({str(ids['rootfs'])[:19]}) is not the container arm's ({str(ids['container'])[:19]}): "
+            "the stack effect is another image's, so the interaction mixes two software stacks.")
+
+
+def _overhead_text(row: Any) -> str:
+    """``+10.2 % [+7.6, +11.9]``, ``+10.2 % (no CI)`` or ``—`` for a row of stats.decompose."""
+    if not np.isfinite(row.overhead):
+        return "—"
+    if not (np.isfinite(row.overhead_low) and np.isfinite(row.overhead_high)):
+        return f"{100 * row.overhead:+.1f} % (no CI)"
+    return f"{100 * row.overhead:+.1f} % [{100 * row.overhead_low:+.1f}, {100 * row.overhead_high:+.1f}]"
 
 
 def _arm_description(spec: dict[str, Any]) -> str:
@@ -590,6 +705,7 @@ def _write_summaries(analysis: Analysis) -> tuple[Path, Path, Path]:
         "arms": analysis.arms, "baseline": analysis.baseline, "margin": analysis.margin,
         "comparable": analysis.comparable, "problems": analysis.problems, "headline": analysis.headline(),
         "comparisons": _json_records(analysis.comparison), "env_diff": _json_records(analysis.env_diff),
+        "decomposition_arms": analysis.roles, "decomposition": _json_records(analysis.decomposition),
     }
     summary = _atomic.write_json(run_dir / SUMMARY_JSON, record)
     markdown = _atomic.write_text(run_dir / MARKDOWN, _markdown(analysis))
@@ -620,6 +736,10 @@ def _markdown(analysis: Analysis) -> str:
         parts += ["## Comparisons", "", _md_table(analysis.summary_frame()), ""]
     if not analysis.env_diff.empty:
         parts += ["## What differs between the arms", "", _md_table(analysis.env_diff.drop(columns=["differs"])), ""]
+    if not analysis.decomposition.empty:
+        parts += ["## Isolation, software stack and their interaction", "",
+                  *(f"{_md_cell(note)}\n" for note in analysis.decomposition_notes()),
+                  _md_table(analysis.decomposition_frame()), ""]
     return "\n".join(parts) + "\n"
 
 

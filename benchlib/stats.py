@@ -440,6 +440,182 @@ def _holm_by(frame: pd.DataFrame, column: str) -> np.ndarray:
     return out
 
 
+# --------------------------------------------------------------------------- decomposition
+
+#: The four arm roles of the decomposition (DESIGN.md, "Arms"): host, host + isolation, image
+#: without isolation, image + isolation.
+ROLES = ("native", "isolated", "rootfs", "container")
+#: effect -> (roles multiplied in the numerator, roles in the denominator) of its ratio of T.
+EFFECTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "isolation": (("isolated",), ("native",)),
+    "stack": (("rootfs",), ("native",)),
+    "interaction": (("container", "native"), ("isolated", "rootfs")),
+    "total": (("container",), ("native",)),
+}
+DECOMPOSE_COLUMNS = [
+    "benchmark", "case", "metric", "unit", "effect", "formula", "n_inv_min", "ratio", "ci_low", "ci_high",
+    "overhead", "overhead_low", "overhead_high", "ci_excludes_one", "reading",
+]
+
+
+def _lead(of_role: dict[str, np.ndarray]) -> str:
+    """The first of container, isolated, rootfs with enough invocations for a CI (else native)."""
+    enough = [role for role in ("container", "isolated", "rootfs") if of_role.get(role, np.empty(0)).size >= MIN_INVOCATIONS]
+    return enough[0] if enough else "native"
+
+
+def _arm_replicates(
+    sampler: _MedianSampler, of_role: dict[str, np.ndarray], n_boot: int, rng: np.random.Generator,
+) -> dict[str, np.ndarray]:
+    """Bootstrap replicates of T for each role with ≥ MIN_INVOCATIONS invocations, from one generator.
+
+    The ``_lead`` role is drawn first and native second, as ``compare`` draws an arm and its
+    baseline: given compare's generator for that pair, that ratio's CI is compare's.
+    """
+    lead = _lead(of_role)
+    order = [lead] + [role for role in ROLES if role != lead]
+    return {role: sampler.hierarchical(of_role[role], n_boot, rng)
+            for role in order if of_role.get(role, np.empty(0)).size >= MIN_INVOCATIONS}
+
+
+def _formula(effect: str, roles: dict[str, str]) -> str:
+    """``isolated / native`` or ``container·native / (isolated·rootfs)`` with the run's arm names."""
+    over, under = ("·".join(roles[r] for r in side) for side in EFFECTS[effect])
+    return f"{over} / ({under})" if len(EFFECTS[effect][1]) > 1 else f"{over} / {under}"
+
+
+def _effect_row(effect: str, stat: dict[str, float], boot: dict[str, np.ndarray], counts: dict[str, int],
+                higher: bool) -> dict[str, Any]:
+    """Ratio, 95 % CI and overhead of one effect; the CI is NaN unless every arm in it has replicates."""
+    over, under = EFFECTS[effect]
+    ratio = np.prod([stat[r] for r in over]) / np.prod([stat[r] for r in under])
+    ci_low = ci_high = np.nan
+    if all(r in boot for r in over + under):
+        replicates = np.prod([boot[r] for r in over], axis=0) / np.prod([boot[r] for r in under], axis=0)
+        tail = (1 - CONFIDENCE) / 2 * 100
+        ci_low, ci_high = np.percentile(replicates, [tail, 100 - tail])
+    ends = np.sort(overhead_from_ratio([ci_low, ci_high], higher))
+    return {
+        "effect": effect, "n_inv_min": min(counts[r] for r in over + under), "ratio": ratio,
+        "ci_low": ci_low, "ci_high": ci_high, "overhead": overhead_from_ratio(ratio, higher),
+        "overhead_low": ends[0], "overhead_high": ends[1], "ci_excludes_one": bool(ci_low > 1 or ci_high < 1),
+    }
+
+
+def _percent(value: float) -> str:
+    return f"{100 * value:+.1f} %"
+
+
+def _alone(name: str, row: dict[str, Any]) -> str:
+    """``the isolation costs +3.1 %`` / ``... is faster by 2.0 %`` / ``no clear isolation effect``."""
+    subject = {"isolation": "the isolation", "stack": "the image's software stack", "total": "the container"}[name]
+    if not row["ci_excludes_one"]:
+        return f"no clear effect of {subject} ({_percent(row['overhead'])}, CI includes 0)"
+    if row["overhead"] < 0:
+        return f"{subject} is faster by {-100 * row['overhead']:.1f} %"
+    return f"{subject} costs {_percent(row['overhead'])}"
+
+
+def _explained(effects: dict[str, dict[str, Any]]) -> str:
+    """What explains a clear total: the part with the largest share of log(1 + total overhead)."""
+    total = effects["total"]
+    what = "overhead" if total["overhead"] > 0 else "speed-up"
+    whole = np.log1p(total["overhead"])
+    parts = {name: np.log1p(effects[name]["overhead"]) for name in ("isolation", "stack", "interaction") if name in effects}
+    if not parts:
+        return _alone("total", total) + " (no isolated or rootfs arm to split it)"
+    name = max(parts, key=lambda part: parts[part] / whole)
+    row, most = effects[name], parts[name] / whole >= 0.5 and effects[name]["ci_excludes_one"]
+    of_total = f"({_percent(row['overhead'])} of {_percent(total['overhead'])})"
+    if "interaction" not in effects:
+        if most:
+            return f"the {name} explains most of the container's {what} {of_total}"
+        other = "the isolation" if name == "stack" else "the stack"
+        return f"the {name} explains little of the container's {what} {of_total}: the rest comes with {other}"
+    if most and name == "interaction":
+        text = (f"neither effect alone explains the container's {what} ({_percent(total['overhead'])}): "
+                "most of it appears only when the isolation and the stack combine")
+    elif most:
+        text = f"the {name} explains most of the container's {what} {of_total}"
+    else:
+        text = (f"the isolation ({_percent(effects['isolation']['overhead'])}) and the stack "
+                f"({_percent(effects['stack']['overhead'])}) both contribute to the container's {what} "
+                f"({_percent(total['overhead'])})")
+    inter = effects["interaction"]
+    if not inter["ci_excludes_one"]:
+        return text + "; no clear interaction: the two effects simply multiply"
+    if name != "interaction" or not most:
+        more = "more" if inter["overhead"] > 0 else "less"
+        text += f"; together they cost {more} than the product of the two ({_percent(inter['overhead'])})"
+    return text
+
+
+def _reading(effects: dict[str, dict[str, Any]]) -> str:
+    """One plain-words sentence on a case's effects (rules in ``decompose``'s docstring)."""
+    if any(not np.isfinite(row["ci_low"]) for row in effects.values()):
+        return f"too few invocations for confidence intervals (need ≥ {MIN_INVOCATIONS} in each arm)"
+    alone = [_alone(name, effects[name]) for name in ("isolation", "stack") if name in effects]
+    if "total" not in effects:
+        return "; ".join(alone)
+    if effects["total"]["ci_excludes_one"]:
+        return _explained(effects)
+    return "no clear overall effect of the container (CI includes 0)" + "".join(f"; {text}" for text in alone
+                                                                              if not text.startswith("no clear"))
+
+
+def decompose(
+    results: pd.DataFrame,
+    native: str,
+    isolated: str | None = None,
+    rootfs: str | None = None,
+    container: str | None = None,
+    n_boot: int = 2000,
+    seed: int = 0,
+    higher_is_better: Collection[str] = frozenset(),
+) -> pd.DataFrame:
+    """The container's overhead split into isolation, software stack and their interaction.
+
+    Arms by role (DESIGN.md, "Arms"): ``native`` (host), ``isolated`` (host userland, container
+    isolation), ``rootfs`` (the image's userland, no isolation), ``container`` (both). With T each
+    arm's statistic (as in ``compare``): isolation = T_isolated / T_native, stack = T_rootfs /
+    T_native, interaction = T_container·T_native / (T_isolated·T_rootfs) (1: the two effects
+    multiply independently), total = T_container / T_native. Each effect's 95 % CI is the
+    percentile interval of the same formula over the arms' hierarchical-bootstrap replicates of T,
+    one set of replicates per arm shared by every effect (so the interaction's CI accounts for
+    native appearing in all of them); no CI when an arm in it has fewer than MIN_INVOCATIONS.
+    Overheads follow ``overhead_from_ratio`` (higher-is-better metrics flip); ``ci_excludes_one``
+    says the CI excludes ratio 1.
+
+    One row per benchmark × case × metric × computable effect (native and the effect's arms have
+    ok results), effects in ``EFFECTS`` order. ``reading`` (the same on each row of a case) says in
+    words which part explains the total: the one with the largest share of log(1 + total overhead),
+    called "most" when that share is ≥ 1/2 and its CI excludes 1; no reading without CIs.
+    """
+    roles = {role: arm for role, arm in zip(ROLES, (native, isolated, rootfs, container)) if arm is not None}
+    ok = _ok_samples(results[results["arm"].isin(list(roles.values()))])
+    if ok.empty or not ok["arm"].eq(native).any():
+        return pd.DataFrame(columns=DECOMPOSE_COLUMNS)
+    invocations = _Sorted.of(ok, ARM_KEYS + INVOCATION_ID)
+    sampler = _MedianSampler.build(invocations.values, invocations.offsets, invocations.counts)
+    medians = invocations.quantile(0.5)
+    of_arm = {key: np.asarray(idx) for key, idx in invocations.first.groupby(ARM_KEYS, sort=False, dropna=False).indices.items()}
+    rows = []
+    for (b, c, m), unit in ok.drop_duplicates(CASE_KEYS).set_index(CASE_KEYS)["unit"].items():
+        of_role = {role: of_arm[(b, c, m, arm)] for role, arm in roles.items() if (b, c, m, arm) in of_arm}
+        rng = _row_rng(seed, (b, c, m, roles.get(_lead(of_role), native), native))  # compare's, for that arm
+        boot = _arm_replicates(sampler, of_role, n_boot, rng)
+        stat = {role: float(np.median(medians[idx])) for role, idx in of_role.items()}
+        counts = {role: idx.size for role, idx in of_role.items()}
+        higher = _is_higher_better(m, unit, higher_is_better)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            effects = {effect: _effect_row(effect, stat, boot, counts, higher)
+                       for effect, (over, under) in EFFECTS.items() if set(over + under) <= set(of_role)}
+        reading = _reading(effects) if effects else ""
+        rows += [{"benchmark": b, "case": c, "metric": m, "unit": unit, **row,
+                  "formula": _formula(row["effect"], roles), "reading": reading} for row in effects.values()]
+    return pd.DataFrame(rows, columns=DECOMPOSE_COLUMNS)
+
+
 # --------------------------------------------------------------------------- throttling
 
 

@@ -18,6 +18,7 @@ from typing import Any, Iterator
 
 import pytest
 
+from benchlib.report import FIGURES
 from conftest import REPO
 from test_report import Built, built_gpu_like, one_arm, two_arm  # noqa: F401  (fixtures)
 
@@ -176,7 +177,7 @@ def test_every_figure_renders_offline_without_errors_and_the_page_is_screenshott
     page = _open_report(browser, two_arm)
     html = two_arm.report.html.read_text()
     produced = html.count('class="plotly-graph-div"')
-    assert produced == 5  # forest, distributions, telemetry, energy, ceilings
+    assert produced == len(FIGURES)  # forest, decomposition, distributions, telemetry, energy, ceilings
     assert page.wait_for(RENDERED_JS) == produced
     page.pump(1.0)
     assert page.errors() == []
@@ -204,7 +205,7 @@ def test_a_one_arm_report_with_markup_in_its_arm_name_runs_nothing(browser: str,
 def test_the_telemetry_report_renders_its_series(browser: str, tmp_path_factory: pytest.TempPathFactory):
     built = built_gpu_like(tmp_path_factory.getbasetemp())
     page = _open_report(browser, built)
-    assert page.wait_for(RENDERED_JS) == 5
+    assert page.wait_for(RENDERED_JS) == len(FIGURES)
     page.pump(1.0)
     assert page.errors() == [] and page.dialogs() == []
     # the telemetry figure drew its lines: 3 panels x 12 invocations, one segment each

@@ -5,7 +5,7 @@ import copy
 
 import pytest
 
-from benchlib.envdiff import ABSENT, MECHANISMS, env_diff, flatten, is_ignored, likely_causes, mechanism_of
+from benchlib.envdiff import ABSENT, MECHANISMS, between, env_diff, flatten, is_ignored, likely_causes, mechanism_of
 
 BASE = {
     "captured_at": "2026-11-23T10:00:00+00:00",
@@ -117,6 +117,20 @@ def test_likely_causes_name_the_first_known_differences_with_their_values(envs: 
         "TF32 / matmul precision differs (torch.float32_matmul_precision: highest in native, high in container)",
     ]
     assert likely_causes(diff, "container", "missing-arm") == []
+
+
+def test_between_keeps_the_keys_that_differ_for_one_pair_of_arms(envs: dict):
+    rootfs = _container(shm__size_bytes=BASE["shm"]["size_bytes"])
+    rootfs["env"]["BENCHLIB_ARM_KIND"] = "rootfs"
+    envs = {**envs, ("rootfs", "matmul", "n=8192", 1): rootfs}
+    diff = env_diff(envs, ["native", "container", "rootfs"])
+    pair = between(diff, "rootfs", "native")
+    assert list(pair.columns) == ["key", "mechanism", "why", "native", "rootfs"]
+    assert pair["key"].iloc[0] == "versions.torch" and "shm.size_bytes" not in set(pair["key"])
+    assert list(pair["key"])[-2:] == ["python.executable", "env.BENCHLIB_ARM_KIND"]  # other keys, then the arm's identity
+    assert "shm.size_bytes" in set(between(diff, "container", "native")["key"])
+    assert "torch.num_threads" not in set(pair["key"])  # varies within container only: same value in the pair
+    assert between(diff, "missing-arm", "native").empty
 
 
 def test_mechanisms_cover_the_design_table_and_no_known_key_is_ignored():

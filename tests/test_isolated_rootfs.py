@@ -2,8 +2,9 @@
 
 Unit tests build the OCI config and the launch plans without running anything. The tests marked
 ``runc`` run for real: a small suite (matmul, one CPU case) on native, isolated, isolated with
-``--cpus=1`` and rootfs, interleaved, two invocations each, then the fingerprints are checked; and
-single commands through each launcher (seccomp, read-only root, loopback network, timeouts).
+``--cpus=1``, rootfs and container, interleaved, two invocations each, then the fingerprints and
+the report's decomposition (isolation, stack, interaction) are checked; and single commands through
+each launcher (seccomp, read-only root, loopback network, timeouts).
 
 Policy (as for the Docker tests): outside CI a real test SKIPS, saying why, when it cannot run here
 (not root, no runc, no Docker to export the image); with ``CI=true`` it FAILS instead. The rootfs
@@ -367,11 +368,12 @@ def _single_case_params(tmp_path: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def four_arm_run(tmp_path_factory, runc_ready, exported_rootfs) -> Path:
+def four_arm_run(tmp_path_factory, runc_ready, exported_rootfs, docker_image) -> Path:  # noqa: F811
     from conftest import run_cli
 
     tmp = tmp_path_factory.mktemp("isolated-rootfs")
-    arms: list = ["native", "isolated", {"name": "rootfs", "extends": "rootfs", "image": str(exported_rootfs)}]
+    arms: list = ["native", "isolated", {"name": "rootfs", "extends": "rootfs", "image": str(exported_rootfs)},
+                  {"name": "container", "extends": "container", "image": docker_image}]
     if oci.cgroup_support()["writable"]:
         arms.insert(2, {"name": "isolated-cpu1", "extends": "isolated", "flags": ["--cpus=1"]})
     suite = tmp / "isolation.yaml"
@@ -449,3 +451,29 @@ def test_rootfs_fingerprint_shows_the_image_stack(four_arm_run, exported_rootfs)
         assert env["arm"]["image"] == str(exported_rootfs) and env["arm"]["image_digest"] == record["image_digest"]
         assert env["shm"]["size_bytes"] == envs["native"][0]["shm"]["size_bytes"]  # no isolation: the host's
         assert env["mounts"]["root_fstype"] is not None
+
+
+@pytest.mark.runc
+@pytest.mark.docker
+@pytest.mark.notebook
+def test_the_report_splits_the_container_overhead_into_isolation_and_stack(four_arm_run, tmp_path):
+    from benchlib.report import build_report
+
+    report = build_report(four_arm_run, docs_dir=tmp_path / "docs")
+    page = report.html.read_text()
+    section = page[page.index("Isolation or software stack?"):page.index("Samples per case")]
+    for column in ("isolation effect [95 % CI]", "stack effect [95 % CI]", "interaction [95 % CI]", "total [95 % CI]"):
+        assert column in section
+    assert "Arms: native = native, isolated = isolated, rootfs = rootfs, container = container" in section
+    assert "too few invocations for confidence intervals" in section  # two invocations an arm
+    assert "split into isolation, software stack and their interaction" in section  # the figure
+    stack_diff = section[section.index("What differs: native vs rootfs"):section.index("What differs: native vs isolated")]
+    assert "python.executable" in stack_diff and "/opt/venv/bin/python3" in stack_diff  # the image's userland
+    isolation_diff = section[section.index("What differs: native vs isolated"):]
+    assert "shm.size_bytes" in isolation_diff and "67108864" in isolation_diff  # the container's 64 MiB /dev/shm
+    assert "python.executable" not in isolation_diff  # same userland
+    summary = json.loads(report.summary_json.read_text())
+    assert summary["decomposition_arms"] == {"native": "native", "isolated": "isolated", "rootfs": "rootfs",
+                                             "container": "container"}
+    assert [row["effect"] for row in summary["decomposition"]] == ["isolation", "stack", "interaction", "total"]
+    assert "## Isolation, software stack and their interaction" in report.markdown.read_text()

@@ -20,7 +20,8 @@ import pytest
 
 from benchlib import schema
 from benchlib.manifest import Manifest
-from benchlib.report import Report, analyse, build_report
+from benchlib.report import (FIGURES, Report, _image_mismatch, _missing_effects, analyse, build_report,
+                             decomposition_roles)
 from conftest import run_cli
 
 pytestmark = [pytest.mark.notebook, pytest.mark.slow]
@@ -152,9 +153,12 @@ def test_the_report_is_one_offline_page_of_outputs_only(two_arm: Built):
     assert not re.search(r"<script[^>]*\bsrc\s*=", page)
     assert not re.search(r"<link[^>]*\bhref\s*=\s*[\"']https?:", page)
     assert page.count("cdn.plot.ly") <= 1  # plotly.js's own default topojson URL, never fetched here
-    assert page.count('class="plotly-graph-div"') == 5
+    assert page.count('class="plotly-graph-div"') == len(FIGURES)
     for heading in ("Verdict", "Overhead per case", "What differs between the arms", "Summary"):
         assert f'<h2 id="{heading.replace(" ", "-")}">{heading}' in page
+    # no isolated, rootfs or container arm: the decomposition says what it lacks instead of a table
+    assert ("Not computed: isolation effect, stack effect, interaction, total, as this run has no isolated, "
+            "rootfs or container arm") in page
 
 
 def test_text_from_the_environment_is_escaped(two_arm: Built):
@@ -236,7 +240,7 @@ def test_gpu_telemetry_gives_energy_per_work_ceilings_and_throttle_notes(tmp_pat
     assert {trace.name for trace in telemetry_figure.data} == {"native (GPU 0)", "native-1thread (GPU 0)"}
     assert len(telemetry_figure.layout.shapes) == 12  # one span per invocation
     page = built.report.html.read_text()
-    assert "no GPU telemetry" not in page and page.count('class="plotly-graph-div"') == 5
+    assert "no GPU telemetry" not in page and page.count('class="plotly-graph-div"') == len(FIGURES)
 
 
 # --------------------------------------------------------------------------- bad input
@@ -306,3 +310,18 @@ def test_the_analysis_notebook_is_committed_thin_and_without_outputs(repo: Path)
     assert re.findall(r"^(\w+) = ", "".join(parameters["source"]), re.M) == ["run_dir", "margin", "baseline"]
     assert all(len(cell["source"].splitlines() if isinstance(cell["source"], str) else cell["source"]) <= 4
                for cell in code)
+
+
+def test_the_decomposition_picks_one_arm_per_kind_and_says_what_it_lacks():
+    arms = [{"name": "host", "kind": "native"}, {"name": "iso-cpu1", "kind": "isolated"},
+            {"name": "iso", "kind": "isolated"}, {"name": "ngc", "kind": "container", "preflight": {"image_id": "sha256:" + "a" * 64}},
+            {"name": "ngc-root", "kind": "rootfs", "preflight": {"image_id": "sha256:" + "b" * 64}}]
+    roles = decomposition_roles(arms, baseline="host")
+    assert roles == {"native": "host", "isolated": "iso-cpu1", "rootfs": "ngc-root", "container": "ngc"}
+    assert decomposition_roles(arms, baseline="iso")["isolated"] == "iso"  # the baseline wins for its kind
+    assert _missing_effects(roles) == ""
+    assert _image_mismatch(arms, roles).startswith("The rootfs arm's image (sha256:bbbbbbbbbbbb) is not the container arm's")
+    arms[-1]["preflight"]["image_id"] = "sha256:" + "a" * 64
+    assert _image_mismatch(arms, roles) == ""
+    partial = _missing_effects({"native": "host", "rootfs": "r", "container": "c"})
+    assert partial.startswith("Not computed: isolation effect, interaction, as this run has no isolated arm (add isolated")

@@ -349,3 +349,93 @@ def test_a_zero_baseline_gives_an_undefined_verdict_not_a_crash():
     out = stats.compare(pd.DataFrame(rows), baseline="native")
     assert out["verdict_code"].tolist() == ["undefined"]
     assert "no ratio" in out["verdict"].iloc[0]
+
+
+# --------------------------------------------------------------------------- decompose
+
+FOUR_ARMS = dict(native="native", isolated="isolated", rootfs="rootfs", container="container")
+
+
+def effects_of(frame: pd.DataFrame) -> dict[str, pd.Series]:
+    return {row.effect: row for _, row in frame.iterrows()}
+
+
+def test_decompose_multiplicative_effects_have_no_interaction():
+    frame = make_results({"native": 1.0, "isolated": 1.10, "rootfs": 1.20, "container": 1.32}, n_inv=8,
+                         inv_jitter=0.01, seed=3)
+    out = stats.decompose(frame, **FOUR_ARMS)
+    assert list(out.columns) == stats.DECOMPOSE_COLUMNS and list(out["effect"]) == list(stats.EFFECTS)
+    effects = effects_of(out)
+    for effect, truth in {"isolation": 1.10, "stack": 1.20, "interaction": 1.0, "total": 1.32}.items():
+        row = effects[effect]
+        assert row.ci_low < truth < row.ci_high, effect
+        assert row.overhead == pytest.approx(row.ratio - 1) and row.overhead_low < row.overhead < row.overhead_high
+    ratios = {name: row.ratio for name, row in effects.items()}
+    assert ratios["total"] == pytest.approx(ratios["isolation"] * ratios["stack"] * ratios["interaction"])
+    assert effects["isolation"].ci_excludes_one and effects["stack"].ci_excludes_one
+    assert not effects["interaction"].ci_excludes_one
+    assert effects["interaction"].formula == "container·native / (isolated·rootfs)"
+    assert effects["stack"].formula == "rootfs / native" and (out["n_inv_min"] == 8).all()
+    assert out["reading"].iloc[0].startswith("the stack explains most of the container's overhead (+")
+    assert "no clear interaction" in out["reading"].iloc[0]
+
+
+def test_decompose_total_ci_is_compares():
+    frame = make_results({"native": 1.0, "isolated": 1.10, "rootfs": 1.20, "container": 1.32}, n_inv=6, seed=5)
+    total = effects_of(stats.decompose(frame, **FOUR_ARMS))["total"]
+    container = stats.compare(frame).set_index("arm").loc["container"]
+    assert (total.ratio, total.ci_low, total.ci_high) == (container.ratio, container.ci_low, container.ci_high)
+
+
+def test_decompose_finds_an_interaction():
+    # isolation 10 %, stack 5 %, but the container 50 %: most of it only appears when both are there
+    frame = make_results({"native": 1.0, "isolated": 1.10, "rootfs": 1.05, "container": 1.50}, n_inv=8,
+                         inv_jitter=0.01, seed=4)
+    effects = effects_of(stats.decompose(frame, **FOUR_ARMS))
+    interaction = effects["interaction"]
+    assert interaction.ci_low < 1.50 / (1.10 * 1.05) < interaction.ci_high and interaction.ci_low > 1
+    assert interaction.reading.startswith("neither effect alone explains the container's overhead (+")
+
+
+def test_decompose_interaction_ci_covers_the_truth():
+    truth = {"isolation": 1.10, "stack": 1.20, "interaction": 1.0, "total": 1.32}
+    covered = dict.fromkeys(truth, 0)
+    for seed in range(60):
+        frame = make_results({"native": 1.0, "isolated": 1.10, "rootfs": 1.20, "container": 1.32}, n_inv=5,
+                             n_samples=50, inv_jitter=0.03, seed=100 + seed)
+        for row in stats.decompose(frame, **FOUR_ARMS, n_boot=1000).itertuples():
+            covered[row.effect] += row.ci_low <= truth[row.effect] <= row.ci_high
+    assert all(count >= 0.85 * 60 for count in covered.values()), covered
+
+
+def test_decompose_higher_is_better_reads_as_overhead():
+    # rates: each arm 1/scale as fast, so the time-like overheads are +10 %, +20 % and +32 %
+    frame = make_results({"native": 1.0, "isolated": 1 / 1.10, "rootfs": 1 / 1.20, "container": 1 / 1.32},
+                         n_inv=8, inv_jitter=0.01, seed=6, metric="throughput", unit="FLOP/s", base_value=1.0)
+    effects = effects_of(stats.decompose(frame, **FOUR_ARMS))
+    assert effects["isolation"].overhead == pytest.approx(0.10, abs=0.02)
+    assert effects["total"].overhead == pytest.approx(0.32, abs=0.03)
+    assert effects["total"].overhead == pytest.approx(1 / effects["total"].ratio - 1)
+    assert effects["stack"].overhead_low < effects["stack"].overhead < effects["stack"].overhead_high
+    assert "the stack explains most of the container's overhead" in effects["total"].reading
+
+
+def test_decompose_with_some_arms_gives_what_it_can():
+    frame = make_results({"native": 1.0, "isolated": 1.10, "rootfs": 1.20, "container": 1.32}, n_inv=6, seed=7)
+    only_isolated = stats.decompose(frame, native="native", isolated="isolated")
+    assert list(only_isolated["effect"]) == ["isolation"]
+    assert only_isolated["reading"].iloc[0].startswith("the isolation costs +")
+    no_isolated = stats.decompose(frame, native="native", rootfs="rootfs", container="container")
+    assert list(no_isolated["effect"]) == ["stack", "total"]
+    assert no_isolated["reading"].iloc[0].startswith("the stack explains most of the container's overhead")
+    assert stats.decompose(frame, native="absent", isolated="isolated").empty
+
+
+def test_decompose_with_too_few_invocations_has_no_ci_and_says_so():
+    frame = make_results({"native": 1.0, "isolated": 1.10, "rootfs": 1.20, "container": 1.32},
+                         n_inv={"native": 3, "isolated": 3, "rootfs": 2, "container": 3}, seed=8)
+    effects = effects_of(stats.decompose(frame, **FOUR_ARMS))
+    assert np.isfinite(effects["isolation"].ci_low) and np.isfinite(effects["total"].ci_low)
+    assert np.isnan(effects["stack"].ci_low) and np.isnan(effects["interaction"].ci_low)
+    assert effects["stack"].ratio == pytest.approx(1.20, rel=0.05)
+    assert effects["total"].reading.startswith("too few invocations for confidence intervals")
