@@ -52,9 +52,9 @@ def _kernels() -> tuple[Any, Any]:
     import triton.language as tl
 
     @triton.jit
-    def gemv_kernel(x_ptr, w_ptr, out_ptr, norm_ptr, res_ptr, N, K, eps,
+    def gemv_kernel(x_ptr, w_ptr, out_ptr, norm_ptr, res_ptr, best_ptr, best_index_ptr, N, K, eps,
                     B: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                    NORM: tl.constexpr, EPILOGUE: tl.constexpr):
+                    NORM: tl.constexpr, EPILOGUE: tl.constexpr, ARGMAX: tl.constexpr):
         pid = tl.program_id(0)
         offs_n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
         offs_b = tl.arange(0, BLOCK_B)
@@ -93,69 +93,59 @@ def _kernels() -> tuple[Any, Any]:
             acc = acc / (1.0 + tl.exp(-acc)) * acc_up
         if EPILOGUE == 1:
             acc += tl.load(res_ptr + out_offsets, mask=out_mask, other=0.0).to(tl.float32)
-        tl.store(out_ptr + out_offsets, acc.to(out_ptr.dtype.element_ty), mask=out_mask)
+        rounded = acc.to(out_ptr.dtype.element_ty)
+        tl.store(out_ptr + out_offsets, rounded, mask=out_mask)
+        if ARGMAX:  # this program's largest output per row and where: the greedy token's candidates
+            candidates = tl.where(out_mask, rounded.to(tl.float32), float("-inf"))
+            programs = tl.num_programs(0)
+            tl.store(best_ptr + offs_b * programs + pid, tl.max(candidates, axis=1), mask=mask_b)
+            tl.store(best_index_ptr + offs_b * programs + pid, pid * BLOCK_N + tl.argmax(candidates, axis=1),
+                     mask=mask_b)
 
     @triton.jit
     def decode_attention_kernel(qkv_ptr, cos_ptr, sin_ptr, pos_ptr, cache_ptr, out_ptr, HEADS, KV_HEADS,
-                                cache_batch_stride, cache_head_stride, scale,
-                                D: tl.constexpr, HALF: tl.constexpr, BLOCK_S: tl.constexpr):
+                                cache_batch_stride, cache_head_stride, scale, D: tl.constexpr, BLOCK_S: tl.constexpr):
         row = tl.program_id(0)
         head = tl.program_id(1)
         kv_head = head % KV_HEADS  # query head h reads KV head h % KV_HEADS (the model's layout)
         pos = tl.load(pos_ptr + row)
-        pairs = tl.arange(0, HALF)
+        dims = tl.arange(0, D)
+        partner = dims ^ 1  # the other element of each interleaved RoPE pair
         token = qkv_ptr + row * (HEADS + 2 * KV_HEADS) * D
-        cos = tl.load(cos_ptr + pos * D + 2 * pairs).to(tl.float32)
-        sin = tl.load(sin_ptr + pos * D + 2 * pairs + 1).to(tl.float32)
-        # the new token's key, rotated, and value: every program of the group computes them in
+        cos = tl.load(cos_ptr + pos * D + dims).to(tl.float32)
+        sin = tl.load(sin_ptr + pos * D + dims).to(tl.float32)  # (-sin, +sin) per pair
+        # the new token's key, rotated, and value: every program of a group computes them in
         # registers; the first one (head < KV_HEADS) also stores them into the cache
         key = token + (HEADS + kv_head) * D
-        k_even = tl.load(key + 2 * pairs).to(tl.float32)
-        k_odd = tl.load(key + 2 * pairs + 1).to(tl.float32)
-        k_even, k_odd = k_even * cos - k_odd * sin, k_odd * cos + k_even * sin
-        k_even = k_even.to(cache_ptr.dtype.element_ty)
-        k_odd = k_odd.to(cache_ptr.dtype.element_ty)
-        value = token + (HEADS + KV_HEADS + kv_head) * D
-        v_even = tl.load(value + 2 * pairs)
-        v_odd = tl.load(value + 2 * pairs + 1)
+        new_key = tl.load(key + dims).to(tl.float32) * cos + tl.load(key + partner).to(tl.float32) * sin
+        new_key = new_key.to(cache_ptr.dtype.element_ty)
+        new_value = tl.load(token + (HEADS + KV_HEADS + kv_head) * D + dims)
         keys = cache_ptr + row * cache_batch_stride + kv_head * cache_head_stride
         values = keys + KV_HEADS * cache_head_stride
         if head < KV_HEADS:
-            tl.store(keys + pos * D + 2 * pairs, k_even)
-            tl.store(keys + pos * D + 2 * pairs + 1, k_odd)
-            tl.store(values + pos * D + 2 * pairs, v_even)
-            tl.store(values + pos * D + 2 * pairs + 1, v_odd)
+            tl.store(keys + pos * D + dims, new_key)
+            tl.store(values + pos * D + dims, new_value)
         query = token + head * D
-        q_even = tl.load(query + 2 * pairs).to(tl.float32)
-        q_odd = tl.load(query + 2 * pairs + 1).to(tl.float32)
-        q_even, q_odd = q_even * cos - q_odd * sin, q_odd * cos + q_even * sin
-        q_even = q_even.to(qkv_ptr.dtype.element_ty).to(tl.float32) * scale  # rounded like the stored query
-        q_odd = q_odd.to(qkv_ptr.dtype.element_ty).to(tl.float32) * scale
+        query = tl.load(query + dims).to(tl.float32) * cos + tl.load(query + partner).to(tl.float32) * sin
+        query = query.to(qkv_ptr.dtype.element_ty).to(tl.float32) * scale  # rounded like a stored query
         # online softmax, seeded with the new token itself; the cache is read for positions < pos only
-        best = tl.sum(q_even * k_even.to(tl.float32), axis=0) + tl.sum(q_odd * k_odd.to(tl.float32), axis=0)
+        best = tl.sum(query * new_key.to(tl.float32), axis=0)
         total = best * 0.0 + 1.0
-        out_even = v_even.to(tl.float32)
-        out_odd = v_odd.to(tl.float32)
+        acc = new_value.to(tl.float32)
         for start in range(0, pos, BLOCK_S):
             slots = start + tl.arange(0, BLOCK_S)
             filled = slots < pos
-            at = slots[:, None] * D + 2 * pairs[None, :]
-            ke = tl.load(keys + at, mask=filled[:, None], other=0.0).to(tl.float32)
-            ko = tl.load(keys + at + 1, mask=filled[:, None], other=0.0).to(tl.float32)
-            scores = tl.sum(q_even[None, :] * ke, axis=1) + tl.sum(q_odd[None, :] * ko, axis=1)
-            scores = tl.where(filled, scores, float("-inf"))
+            at = slots[:, None] * D + dims[None, :]
+            cached_keys = tl.load(keys + at, mask=filled[:, None], other=0.0).to(tl.float32)
+            cached_values = tl.load(values + at, mask=filled[:, None], other=0.0).to(tl.float32)
+            scores = tl.where(filled, tl.sum(query[None, :] * cached_keys, axis=1), float("-inf"))
             new_best = tl.maximum(best, tl.max(scores, axis=0))
             weights = tl.exp(scores - new_best)
             rescale = tl.exp(best - new_best)
             total = total * rescale + tl.sum(weights, axis=0)
-            ve = tl.load(values + at, mask=filled[:, None], other=0.0).to(tl.float32)
-            vo = tl.load(values + at + 1, mask=filled[:, None], other=0.0).to(tl.float32)
-            out_even = out_even * rescale + tl.sum(weights[:, None] * ve, axis=0)
-            out_odd = out_odd * rescale + tl.sum(weights[:, None] * vo, axis=0)
+            acc = acc * rescale + tl.sum(weights[:, None] * cached_values, axis=0)
             best = new_best
-        target = out_ptr + (row * HEADS + head) * D + 2 * pairs
-        tl.store(target, (out_even / total).to(out_ptr.dtype.element_ty))
-        tl.store(target + 1, (out_odd / total).to(out_ptr.dtype.element_ty))
+        tl.store(out_ptr + (row * HEADS + head) * D + dims, (acc / total).to(out_ptr.dtype.element_ty))
 
     return gemv_kernel, decode_attention_kernel
 
@@ -182,16 +172,33 @@ def default_config(norm: bool, residual: bool, swiglu: bool, batch: int) -> Gemv
     return GemvConfig(block_n=2, block_k=1024, num_warps=2)
 
 
+class Argmax:
+    """Per-program candidates of a :func:`gemv`'s greedy argmax over its ``n`` outputs."""
+
+    def __init__(self, batch: int, n: int, device):
+        import torch
+
+        programs = -(-n // default_config(True, False, False, batch).block_n)
+        self.best = torch.empty((batch, programs), device=device, dtype=torch.float32)
+        self.index = torch.empty((batch, programs), device=device, dtype=torch.int64)
+
+    def tokens(self):
+        """The index of each row's largest output (the first one on a tie, as ``torch.argmax``)."""
+        return self.index.gather(1, self.best.argmax(dim=-1, keepdim=True)).squeeze(1)
+
+
 def _next_power_of_2(value: int) -> int:
     return 1 << max(0, (value - 1).bit_length())
 
 
 def gemv(x, weight, out, *, norm_weight=None, eps: float = 1e-5, residual: bool = False, swiglu: bool = False,
-         config: GemvConfig | None = None):
+         argmax: "Argmax | None" = None, config: GemvConfig | None = None):
     """``out[b] = [out[b] +] act(norm(x[b]) @ weight.T)`` for ``x [batch, K]`` with batch <= MAX_BATCH.
 
     ``swiglu``: ``weight`` is ``[2 N, K]`` (gate rows, then up rows) and ``out [batch, N]`` receives
     ``silu(gate) * up``. ``residual``: ``out`` is also the residual that the product is added to.
+    ``argmax``: each program also records its largest output per row and its index, so the greedy
+    token costs a reduction over ``N / block_n`` candidates instead of ``N`` (see :class:`Argmax`).
     """
     import triton
 
@@ -204,10 +211,14 @@ def gemv(x, weight, out, *, norm_weight=None, eps: float = 1e-5, residual: bool 
     gemv_kernel = _kernels()[0]
     tiles = config or default_config(norm_weight is not None, residual, swiglu, batch)
     epilogue = EPILOGUE_SWIGLU if swiglu else EPILOGUE_RESIDUAL if residual else EPILOGUE_NONE
-    gemv_kernel[(triton.cdiv(n, tiles.block_n),)](
-        x, weight, out, norm_weight if norm_weight is not None else x, out, n, k, eps,
+    programs = triton.cdiv(n, tiles.block_n)
+    if argmax is not None and argmax.best.shape != (batch, programs):
+        raise ValueError(f"argmax buffers must be [{batch}, {programs}] for these tiles")
+    gemv_kernel[(programs,)](
+        x, weight, out, norm_weight if norm_weight is not None else x, out,
+        argmax.best if argmax else out, argmax.index if argmax else out, n, k, eps,
         B=batch, BLOCK_B=_next_power_of_2(batch), BLOCK_N=tiles.block_n, BLOCK_K=tiles.block_k,
-        NORM=norm_weight is not None, EPILOGUE=epilogue, num_warps=tiles.num_warps,
+        NORM=norm_weight is not None, EPILOGUE=epilogue, ARGMAX=argmax is not None, num_warps=tiles.num_warps,
     )
     return out
 
@@ -223,5 +234,5 @@ def decode_attention_(qkv, cos, sin, pos, cache, out, heads: int, kv_heads: int,
     attention_kernel = _kernels()[1]
     attention_kernel[(batch, heads)](
         qkv, cos, sin, pos, cache, out, heads, kv_heads, cache.stride(0), cache.stride(1), head_dim ** -0.5,
-        D=head_dim, HALF=head_dim // 2, BLOCK_S=block_s, num_warps=4,
+        D=head_dim, BLOCK_S=block_s, num_warps=4,
     )

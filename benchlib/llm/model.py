@@ -251,6 +251,9 @@ class Session:
             self.qkv = torch.zeros((batch, (s.heads + 2 * s.kv_heads) * s.head_dim), device=device, dtype=dtype)
             self.mlp_hidden = torch.zeros((batch, s.intermediate), device=device, dtype=dtype)
             self.attention_out = torch.zeros((batch, s.heads * s.head_dim), device=device, dtype=dtype)
+            from .kernels import Argmax
+
+            self.argmax = Argmax(batch, s.vocab, device)
 
     @property
     def k_cache(self):
@@ -294,10 +297,11 @@ class Session:
         x = F.embedding(self.tokens, model.embed)  # [batch, hidden]
         if self.fused:
             self._fused_layers(x)
+            token = self.argmax.tokens()
         else:
             mask = torch.where(self.positions[None, :] <= self.pos[:, None], *self.mask_values)[:, None, None, :]
             self._torch_layers(x, mask)
-        token = self.logits.argmax(dim=-1)
+            token = self.logits.argmax(dim=-1)
         self.out.index_copy_(1, self.step, token[:, None])
         self.tokens.copy_(token)
         self.pos.add_(1)
@@ -327,7 +331,7 @@ class Session:
             kernels.gemv(self.attention_out, layer.o, x, residual=True)
             kernels.gemv(x, layer.gate_up, self.mlp_hidden, norm_weight=layer.mlp_norm, eps=eps, swiglu=True)
             kernels.gemv(self.mlp_hidden, layer.down, x, residual=True)
-        kernels.gemv(x, model.lm_head, self.logits, norm_weight=model.final_norm, eps=eps)
+        kernels.gemv(x, model.lm_head, self.logits, norm_weight=model.final_norm, eps=eps, argmax=self.argmax)
 
     def _torch_layers(self, x, mask) -> None:
         """The layers and the LM head op by op in PyTorch: about 15 kernels per layer."""

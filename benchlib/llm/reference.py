@@ -192,7 +192,8 @@ def check_fused_matches_torch(shape: str = "llama-1b", dtype: str = "bf16", batc
     Both sessions share weights and prefill; after every decode step the logits are compared and
     the fused session is handed the PyTorch session's tokens, so one near-tie cannot send the two
     down different paths. Returns the worst relative logit error (max |a - b| / max |b|), the
-    lowest cosine similarity of a row's logits and the fraction of steps whose greedy tokens agree.
+    lowest cosine similarity of a row's logits, the fraction of steps whose greedy tokens agree, and
+    whether the fused token (the LM head's argmax epilogue) always equals the argmax of its logits.
     The two round at different points, so agreement is to the dtype's precision, not bitwise.
     """
     import torch
@@ -210,7 +211,7 @@ def check_fused_matches_torch(shape: str = "llama-1b", dtype: str = "bf16", batc
         plain, fused = (Session(model, batch, input_len + steps + 1, steps + 1, fused=f) for f in (False, True))
         for session in (plain, fused):
             session.prefill(tokens, lengths)
-        worst_error, lowest_cosine, agreeing = 0.0, 1.0, 0
+        worst_error, lowest_cosine, agreeing, own_argmax = 0.0, 1.0, 0, True
         for _ in range(steps):
             plain.decode_step()
             fused.decode_step()
@@ -219,6 +220,8 @@ def check_fused_matches_torch(shape: str = "llama-1b", dtype: str = "bf16", batc
             cosine = torch.nn.functional.cosine_similarity(candidate, reference, dim=-1).min()
             lowest_cosine = min(lowest_cosine, float(cosine))
             agreeing += int(torch.equal(candidate.argmax(-1), reference.argmax(-1)))
+            own_argmax &= torch.equal(fused.tokens, fused.logits.argmax(-1))  # the fused argmax epilogue
             fused.tokens.copy_(plain.tokens)
     return {"max_rel_logit_error": worst_error, "min_cosine": lowest_cosine,
-            "token_agreement": agreeing / steps, "steps": steps, "batch": batch}
+            "token_agreement": agreeing / steps, "fused_argmax_exact": bool(own_argmax), "steps": steps,
+            "batch": batch}
