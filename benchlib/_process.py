@@ -140,8 +140,8 @@ def hold_exclusively(folder: Path, what: str) -> Iterator[None]:
     SIGKILL included, so a killed run never leaves a stale lock); one clear sentence when another holds it."""
     try:
         fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    except FileNotFoundError:
-        raise BenchlibError(f"{what} {folder} does not exist.") from None
+    except (FileNotFoundError, NotADirectoryError):
+        raise BenchlibError(f"{what} {folder} does not exist or is not a folder.") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

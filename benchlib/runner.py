@@ -42,7 +42,7 @@ from . import __version__, _atomic, _process, engines, paths, schema
 from .arms import Arm, arm_from_spec, select_arms
 from .bench import ENV_FILE, RESULTS_FILE, TELEMETRY_FILE
 from .device import host_gpu_count, host_gpu_names
-from .errors import PreflightError
+from .errors import ParamsError, PreflightError
 from .manifest import COMPLETE, FAILED, INTERRUPTED, PARTIAL, PENDING, RUNNING, Invocation, Manifest
 from .suites import Suite, load_suite, plan
 
@@ -137,7 +137,13 @@ def _suite_of(manifest: Manifest) -> Suite:
     """The run's suite: its file where it still is (a suite given by path), else the suite of that name."""
     if manifest.suite_file and Path(manifest.suite_file).is_file():
         return load_suite(manifest.suite_file)
-    return load_suite(manifest.suite)
+    try:
+        return load_suite(manifest.suite)
+    except ParamsError:
+        if not manifest.suite_file:
+            raise
+        raise ParamsError(f"the run's suite file {manifest.suite_file} is gone; put it back to resume the run "
+                          "(--resume takes timeout_s and cooldown_s from it).") from None
 
 
 def _clear_leftovers(run_dir: Path, manifest: Manifest, arms_by_name: dict[str, Arm], log) -> None:
@@ -160,7 +166,7 @@ def _recheck_complete(run_dir: Path, manifest: Manifest, log) -> None:
         problem = invocation.file_problem(run_dir, required=(RESULTS_FILE,))
         if problem:
             invocation.status = PENDING
-            invocation.notes.append(f"{_now()} resume: {problem}; ran again")
+            invocation.notes.append(f"{_now()} resume: {problem}; run again")
             log(f"{invocation.label}: {problem}; it runs again")
 
 
