@@ -27,11 +27,19 @@ def marked_processes(run_dir: Path) -> list[psutil.Process]:
     found = []
     for process in psutil.process_iter():
         try:
-            if process.environ().get(MARK, "").startswith(prefix) and process.status() != psutil.STATUS_ZOMBIE:
+            if process.environ().get(MARK, "").startswith(prefix) and alive(process):
                 found.append(process)
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             continue
     return found
+
+
+def alive(process: psutil.Process) -> bool:
+    """Running and not a zombie (the same process: psutil checks its start time)."""
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.1):

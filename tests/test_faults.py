@@ -14,7 +14,7 @@ import pandas as pd
 import psutil
 import pytest
 from docker_fixtures import docker_engine, docker_image  # noqa: F401  (fixtures)
-from runs import kernel_of, marked_processes, start_cli, the_run_dir, wait_for
+from runs import alive, kernel_of, marked_processes, start_cli, the_run_dir, wait_for
 
 from benchlib import load_run, schema
 from benchlib.manifest import Manifest
@@ -111,7 +111,6 @@ OK_SUITE = "invocations: 1\nbenchmarks:\n  - {benchmark: fault, params: smoke}\n
 def test_a_signal_stops_the_run_cleanly_and_resume_completes_it(tmp_path: Path, signum: int):
     from conftest import run_cli
 
-    began = time.monotonic()
     children: list[psutil.Process] = []
 
     def kernel_started(runner: subprocess.Popen, run_dir: Path) -> bool:
@@ -121,13 +120,12 @@ def test_a_signal_stops_the_run_cleanly_and_resume_completes_it(tmp_path: Path, 
         return True
 
     runner, run_dir = _interrupt_mid_invocation(tmp_path, signum, OK_SUITE, kernel_started)
-    assert runner.wait(timeout=15) == 128 + signum
-    assert time.monotonic() - began < 30
+    assert runner.wait(timeout=15) == 128 + signum  # promptly
     log = (tmp_path / "run.log").read_text()
     name = signal.Signals(signum).name
     assert f"interrupted by {name}; resume with: benchlib run --resume {run_dir}" in log
     assert "Traceback" not in log
-    assert not [child for child in children if child.is_running() and child.status() != psutil.STATUS_ZOMBIE]
+    assert len(children) >= 2 and not [child for child in children if alive(child)]
     manifest = Manifest.load(run_dir)
     assert manifest.status == "interrupted"
     assert [inv.status for inv in manifest.invocations] == ["pending"]

@@ -10,7 +10,6 @@ import random
 import shutil
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +28,10 @@ SUITE = ("invocations: 2\nbenchmarks:\n  - {benchmark: cpu_bound, params: smoke}
          "  - {benchmark: launch, params: smoke}\n")
 SEEDS = (1, 2, 3, 4, 5)  # one kill each, at a moment drawn from random.Random(seed)
 STARTUP_S, INVOCATION_S = 1.5, 4.0  # about what the CLI's start and one CPU invocation take here
+# Each round (a fresh run, then resumes) is killed within its start and first invocation and a half,
+# so kills land in every phase (start-up and clean-up, the kernel, between invocations) and the run
+# still has work left for most rounds.
+KILL_WINDOW_S = STARTUP_S + 1.5 * INVOCATION_S
 
 
 @dataclass
@@ -69,9 +72,8 @@ def chain(tmp_path_factory) -> Chain:
     out, first_seen, kills = root / "outputs", {}, []
     for seed in SEEDS:
         run_dir = _the_run(out)
-        remaining = 4 if run_dir is None else sum(inv.status != "complete" for inv in Manifest.load(run_dir).invocations)
         args = (["--resume", str(run_dir)] if run_dir else ["--suite", str(root / "suite.yaml"), "--out", str(out)])
-        delay = random.Random(seed).uniform(0.2, STARTUP_S + remaining * INVOCATION_S)
+        delay = random.Random(seed).uniform(0.2, KILL_WINDOW_S)
         runner = start_cli("run", *args, "--no-progress", log=root / "run.log")
         try:
             runner.wait(timeout=delay)
@@ -95,7 +97,7 @@ def chain(tmp_path_factory) -> Chain:
 
 def test_a_run_killed_at_random_points_resumes_to_one_complete_run(chain: Chain):
     assert chain.final.returncode == 0, chain.final.stdout + chain.final.stderr
-    assert any(hit for _, _, hit in chain.kills), chain.kills
+    assert sum(hit for _, _, hit in chain.kills) >= 3, chain.kills
     manifest = Manifest.load(chain.run_dir)
     assert manifest.status == "complete"
     assert [inv.status for inv in manifest.invocations] == ["complete"] * 4
