@@ -21,6 +21,9 @@ def _umask_mode() -> int:
 _FILE_MODE = _umask_mode()
 
 
+TEMP_GLOB = ".*.tmp"  # the names _write_via_temp gives its temporary files: .<name>.<random>.tmp
+
+
 def _write_via_temp(path: Path, write: Callable[[Path], None]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -53,6 +56,14 @@ def write_json(path: Path, obj: Any) -> Path:
 
 def write_parquet(path: Path, frame: pd.DataFrame) -> Path:
     return _write_via_temp(path, lambda tmp: frame.to_parquet(tmp, index=False, engine="pyarrow"))
+
+
+def remove_temp_files(folder: Path) -> list[Path]:
+    """Delete the temporary files a killed writer left under ``folder`` (a SIGKILL skips the cleanup)."""
+    leftovers = sorted(path for path in Path(folder).rglob(TEMP_GLOB) if path.is_file())
+    for path in leftovers:
+        path.unlink(missing_ok=True)
+    return leftovers
 
 
 def sha256_of(path: Path) -> str:

@@ -142,7 +142,7 @@ def _status_row(base: dict, status: str, note: str, device: Device | None) -> pd
 
 def _failure_note(exc: BaseException) -> str:
     text = f"{type(exc).__name__}: {exc}".strip()
-    if "out of memory" in text.lower() or type(exc).__name__ == "OutOfMemoryError":
+    if isinstance(exc, MemoryError) or "out of memory" in text.lower() or type(exc).__name__ == "OutOfMemoryError":
         first_line = text.splitlines()[0]
         return f"failed: out of memory ({first_line[:300]}); reduce the size in the params file"
     return f"failed: {text.splitlines()[0][:500]}"

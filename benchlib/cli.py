@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
@@ -22,9 +23,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     options = RunOptions(suite=suite, arms=arms, invocations=args.invocations, out=Path(args.out),
                          resume=resume, skip_unavailable=args.skip_unavailable, progress=not args.no_progress,
                          gpu_lock=args.gpu_lock, lock_timeout_s=args.lock_timeout)
-    print(f"suite {suite}" + (f", arms {args.arms}" if args.arms else ""), file=sys.stderr)
+    if resume is None:  # a resume names its run's suite itself
+        print(f"suite {suite}" + (f", arms {args.arms}" if args.arms else ""), file=sys.stderr)
     outcome = run_suite(options, log=lambda message: print(message, file=sys.stderr))
-    print(describe(outcome))
+    print(describe(outcome))  # with one line per failed invocation
     if args.report:
         from .report import build_report
 
@@ -70,11 +72,14 @@ def _cmd_list(args: argparse.Namespace) -> int:
         arms = ",".join(arm.name for arm in suite.arms)
         print(f"  {name:<10} {len(suite.cases)} cases x {suite.invocations} invocations, arms {arms}; "
               f"{estimate(suite)}; {', '.join(benches)} — {suite.description}")
-    print("benchmarks (notebooks/, params/<benchmark>/):")
     width = max(map(len, registry()), default=10)
-    for name, workload in sorted(registry().items()):
-        files = sorted(path.stem for path in (paths.params_dir() / name).glob("*.yaml"))
-        print(f"  {name:<{width}} {workload.description}; params: {', '.join(files)}")
+    for heading, for_tests in (("benchmarks (notebooks/, params/<benchmark>/):", False),
+                               ("for tests only (fault injection, in no suite):", True)):
+        print(heading)
+        for name, workload in sorted(registry().items()):
+            if workload.for_tests == for_tests:
+                files = sorted(path.stem for path in (paths.params_dir() / name).glob("*.yaml"))
+                print(f"  {name:<{width}} {workload.description}; params: {', '.join(files)}")
     return 0
 
 
@@ -166,12 +171,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Exit status: 0 done, 1 done with failures (failed invocations, nothing comparable), 2 bad input,
+    128 + the signal number when SIGINT (130) or SIGTERM (143) stopped it."""
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
     except BenchlibError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as exc:  # the runner has already said how to resume
+        return 128 + getattr(exc, "signum", signal.SIGINT)
 
 
 if __name__ == "__main__":

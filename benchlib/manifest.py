@@ -1,7 +1,13 @@
 """``outputs/<run_id>/manifest.json``: the plan, the status of every invocation, checksums.
 
 The manifest is rewritten atomically after every state change, so an interrupted run can be
-resumed (``benchlib run --resume``) and a reader never sees a half-written one.
+resumed (``benchlib run --resume``) and a reader never sees a half-written one. An invocation is
+``complete`` only once its files are written and checksummed here; a resume re-checks those
+checksums (:meth:`Invocation.file_problem`) and runs again any invocation whose files are gone or
+changed, saying so in its ``notes``.
+
+Run statuses: ``running``, ``complete`` (every invocation complete), ``partial`` (the run ended with
+failed invocations), ``interrupted`` (stopped by a signal or an error; ``--resume`` completes it).
 """
 from __future__ import annotations
 
@@ -16,7 +22,8 @@ from .errors import BenchlibError
 MANIFEST_FILE = "manifest.json"
 SCHEMA_VERSION = 1
 
-PENDING, RUNNING, COMPLETE, FAILED = "pending", "running", "complete", "failed"
+PENDING, RUNNING, COMPLETE, FAILED = "pending", "running", "complete", "failed"  # invocations (and runs)
+PARTIAL, INTERRUPTED = "partial", "interrupted"  # runs only
 
 
 @dataclass
@@ -35,6 +42,7 @@ class Invocation:
     duration_s: float | None = None
     error: str | None = None
     files: dict[str, str] = field(default_factory=dict)  # file name -> sha256
+    notes: list[str] = field(default_factory=list)  # what else happened: interrupted, re-run on resume
 
     @property
     def rel_dir(self) -> str:
@@ -43,6 +51,20 @@ class Invocation:
     @property
     def label(self) -> str:
         return f"{self.arm}#{self.invocation} {self.benchmark} {self.case}"
+
+    def file_problem(self, run_dir: Path, required: tuple[str, ...] = ()) -> str | None:
+        """Why this invocation's files are not the ones the manifest checksummed, or None when they are."""
+        folder = Path(run_dir) / self.rel_dir
+        for name in required:
+            if name not in self.files:
+                return f"the manifest has no checksum of its {name}"
+        for name, digest in self.files.items():
+            path = folder / name
+            if not path.is_file():
+                return f"its {name} is missing"
+            if _atomic.sha256_of(path) != digest:
+                return f"its {name} does not match the checksum in the manifest"
+        return None
 
 
 @dataclass
@@ -57,6 +79,7 @@ class Manifest:
     skipped_arms: list[dict[str, str]] = field(default_factory=list)  # arm name + why
     status: str = RUNNING
     schema_version: int = SCHEMA_VERSION
+    suite_file: str | None = None  # absolute path of the suite file, so --resume finds a suite given by path
 
     def save(self, run_dir: Path) -> Path:
         return _atomic.write_json(run_dir / MANIFEST_FILE, asdict(self))

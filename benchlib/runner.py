@@ -6,6 +6,22 @@ host, or inside a container with the repository mounted read-only and the run di
 Arms are preflighted before anything is written; then the run takes this host's GPUs (one run
 per GPU, :mod:`benchlib.gpulock`) for as long as it runs. The manifest is rewritten after every
 invocation, so ``--resume`` can pick up where an interrupted run stopped.
+
+Faults. A failed invocation (the kernel died, the suite's ``timeout_s`` ran out, a case failed
+inside the notebook, e.g. out of memory) is recorded as ``failed`` with its reason in the
+manifest's ``error`` and the suite goes on; :func:`describe` lists the failures and the CLI exits 1.
+SIGINT (Ctrl-C) and SIGTERM stop the run cleanly: the running invocation's processes are killed
+and its container removed (:mod:`benchlib._process`, :func:`benchlib.engines.stop`), the invocation
+goes back to ``pending`` with a note, and the manifest says ``interrupted``.
+
+Resume. ``--resume`` runs again every invocation that is not ``complete`` (failed ones included),
+in a fresh folder. A run killed at any point, SIGKILL included, resumes: the manifest is only ever
+replaced atomically, so it is the last state saved, and an invocation is ``complete`` only once its
+files are written and checksummed. Before running anything a resume kills processes and removes
+containers the killed run left, deletes leftover temporary files, and checks every complete
+invocation's files against the manifest's checksums: one whose files are missing or changed is run
+again, with a note saying why (rather than refusing: the run stays completable without hand edits).
+Two runners never write one run directory at once (a lock on it).
 """
 from __future__ import annotations
 
@@ -19,15 +35,16 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+import pandas as pd
 import yaml
 from tqdm.auto import tqdm
 
-from . import __version__, _atomic, engines, gpulock, paths
+from . import __version__, _atomic, _process, engines, gpulock, paths, schema
 from .arms import Arm, arm_from_spec, select_arms
 from .bench import ENV_FILE, RESULTS_FILE, TELEMETRY_FILE
 from .device import host_gpu_count, host_gpu_names
-from .errors import PreflightError
-from .manifest import COMPLETE, FAILED, PENDING, RUNNING, Invocation, Manifest
+from .errors import ParamsError, PreflightError
+from .manifest import COMPLETE, FAILED, INTERRUPTED, PARTIAL, PENDING, RUNNING, Invocation, Manifest
 from .suites import Suite, load_suite, plan
 
 EXECUTED_NOTEBOOK, PARAMS_FILE, LOG_FILE = "executed.ipynb", "params.yaml", "papermill.log"
@@ -63,52 +80,105 @@ def default_suite() -> str:
 
 
 def run_suite(options: RunOptions, log=print) -> RunOutcome:
-    if options.resume is not None:
-        return _resume(Path(options.resume), options, log)
+    """Run (or resume) a suite. SIGINT/SIGTERM stop it cleanly and raise :class:`_process.Interrupted`."""
+    with _process.interrupt_on_signals():
+        if options.resume is not None:
+            return _resume(Path(options.resume), options, log)
+        return _start(options, log)
+
+
+def _start(options: RunOptions, log) -> RunOutcome:
     suite = load_suite(options.suite)
     arms = select_arms(suite.arms, options.arms, f"--arms (suite {suite.name})")
     has_gpu = host_gpu_count() > 0
     out_dir = Path(options.out).resolve()
     ready, skipped = _preflight_all(arms, out_dir, has_gpu, options.skip_unavailable, log)
     invocations = plan(suite, [arm for arm, _ in ready], options.invocations or suite.invocations)
+    host, commit = _host_facts(has_gpu), _git_commit()
     with _device_lock(options, f"suite {suite.name} (starting)", log) as lock:
         run_dir = _new_run_dir(out_dir, suite.name)
         lock.name_run(run_dir.name)
-        manifest = Manifest(
-            run_id=run_dir.name,
-            suite=suite.name,
-            created_at=_now(),
-            arms=[{**arm.to_dict(), "preflight": facts} for arm, facts in ready],
-            invocations=invocations,
-            host=_host_facts(has_gpu),
-            benchlib={"version": __version__, "commit": _git_commit()},
-            skipped_arms=skipped,
-        )
-        manifest.save(run_dir)
-        return _execute(run_dir, manifest, suite, [arm for arm, _ in ready], options, log)
+        with _process.hold_exclusively(run_dir, "run directory"):
+            manifest = Manifest(
+                run_id=run_dir.name,
+                suite=suite.name,
+                created_at=_now(),
+                arms=[{**arm.to_dict(), "preflight": facts} for arm, facts in ready],
+                invocations=invocations,
+                host=host,
+                benchlib={"version": __version__, "commit": commit},
+                skipped_arms=skipped,
+                suite_file=str(suite.path.resolve()),
+            )
+            try:
+                manifest.save(run_dir)
+            except BaseException:  # interrupted before the run existed: leave no folder without a manifest
+                shutil.rmtree(run_dir, ignore_errors=True)
+                raise
+            return _execute(run_dir, manifest, suite, [arm for arm, _ in ready], options, log)
 
 
 def _resume(run_dir: Path, options: RunOptions, log) -> RunOutcome:
     run_dir = run_dir.resolve()
-    manifest = Manifest.load(run_dir)
-    suite = load_suite(manifest.suite)
-    arms = [arm_from_spec({k: v for k, v in spec.items() if k in Arm.__dataclass_fields__}, "manifest")
-            for spec in manifest.arms]
-    _preflight_all(arms, run_dir.parent, host_gpu_count() > 0, False, log)
-    with _device_lock(options, run_dir.name, log):
-        for invocation in manifest.invocations:
-            if invocation.status != COMPLETE:
-                invocation.status = PENDING
-        manifest.status = RUNNING
-        manifest.save(run_dir)
-        remaining = sum(1 for inv in manifest.invocations if inv.status != COMPLETE)
-        log(f"resuming {run_dir}: {remaining} of {len(manifest.invocations)} invocations left")
-        return _execute(run_dir, manifest, suite, arms, options, log)
+    with _process.hold_exclusively(run_dir, "run directory"):
+        manifest = Manifest.load(run_dir)
+        suite = _suite_of(manifest)
+        arms = [arm_from_spec({k: v for k, v in spec.items() if k in Arm.__dataclass_fields__}, "manifest")
+                for spec in manifest.arms]
+        _preflight_all(arms, run_dir.parent, host_gpu_count() > 0, False, log)
+        with _device_lock(options, run_dir.name, log):
+            _clear_leftovers(run_dir, manifest, {arm.name: arm for arm in arms}, log)
+            _recheck_complete(run_dir, manifest, log)
+            for invocation in manifest.invocations:
+                if invocation.status != COMPLETE:
+                    invocation.status = PENDING
+            manifest.status = RUNNING
+            manifest.save(run_dir)
+            remaining = sum(1 for inv in manifest.invocations if inv.status != COMPLETE)
+            log(f"resuming {run_dir}: {remaining} of {len(manifest.invocations)} invocations left")
+            return _execute(run_dir, manifest, suite, arms, options, log)
 
 
 def _device_lock(options: RunOptions, run: str, log) -> gpulock.DeviceLock:
     """This host's GPUs (or its CPU) for the whole run; released when the run ends or the process dies."""
     return gpulock.DeviceLock(options.gpu_lock, options.lock_timeout_s, run=run, log=log)
+
+
+def _suite_of(manifest: Manifest) -> Suite:
+    """The run's suite: its file where it still is (a suite given by path), else the suite of that name."""
+    if manifest.suite_file and Path(manifest.suite_file).is_file():
+        return load_suite(manifest.suite_file)
+    try:
+        return load_suite(manifest.suite)
+    except ParamsError:
+        if not manifest.suite_file:
+            raise
+        raise ParamsError(f"the run's suite file {manifest.suite_file} is gone; put it back to resume the run "
+                          "(--resume takes timeout_s and cooldown_s from it).") from None
+
+
+def _clear_leftovers(run_dir: Path, manifest: Manifest, arms_by_name: dict[str, Arm], log) -> None:
+    """What a killed runner may have left: processes still running, containers, temporary files."""
+    killed = _process.kill_marked(run_dir)
+    for invocation in manifest.invocations:
+        arm = arms_by_name.get(invocation.arm)
+        if invocation.status == RUNNING and arm is not None:
+            engines.stop(arm, _launch_spec(run_dir, invocation, arm, {}))
+    removed = _atomic.remove_temp_files(run_dir)
+    if killed or removed:
+        log(f"cleared what the interrupted run left: {killed} processes killed, {len(removed)} temporary files removed")
+
+
+def _recheck_complete(run_dir: Path, manifest: Manifest, log) -> None:
+    """A complete invocation whose files are missing or no longer match their checksums runs again."""
+    for invocation in manifest.invocations:
+        if invocation.status != COMPLETE:
+            continue
+        problem = invocation.file_problem(run_dir, required=(RESULTS_FILE,))
+        if problem:
+            invocation.status = PENDING
+            invocation.notes.append(f"{_now()} resume: {problem}; run again")
+            log(f"{invocation.label}: {problem}; it runs again")
 
 
 def _preflight_all(arms: list[Arm], out_dir: Path, has_gpu: bool, skip_unavailable: bool, log):
@@ -142,57 +212,97 @@ def _execute(run_dir: Path, manifest: Manifest, suite: Suite, arms: list[Arm], o
                      suite.timeout_s)
             bar.update(1)
             if invocation.status == FAILED:
-                bar.write(f"failed: {invocation.label}: {invocation.error}")
+                bar.write(f"failed: {invocation.label}: {invocation.error}", file=sys.stderr)
             if suite.cooldown_s and index < len(todo) - 1:
                 time.sleep(suite.cooldown_s)  # a deliberate pause between invocations, not a measurement
-    except KeyboardInterrupt:
-        manifest.status = "interrupted"
+    except BaseException as exc:  # a signal (see run_suite) or an error: record it, say how to go on
+        manifest.status = INTERRUPTED
         manifest.save(run_dir)
-        log(f"interrupted; resume with: benchlib run --resume {run_dir}")
+        log(f"{_stopped_by(exc)}; resume with: benchlib run --resume {run_dir}")
         raise
     finally:
         bar.close()
     counts = manifest.counts()
-    manifest.status = COMPLETE if counts.get(COMPLETE, 0) == len(manifest.invocations) else "partial"
+    manifest.status = COMPLETE if counts.get(COMPLETE, 0) == len(manifest.invocations) else PARTIAL
     manifest.save(run_dir)
     return RunOutcome(run_dir, manifest)
+
+
+def _launch_spec(run_dir: Path, invocation: Invocation, arm: Arm, arm_env: dict[str, str]) -> engines.LaunchSpec:
+    """The papermill command of one invocation (its container name derives from its folder)."""
+    inv_dir = run_dir / invocation.rel_dir
+    python = sys.executable if arm.kind in ("native", "isolated") else "python3"
+    argv = [python, "-m", "papermill", str(paths.notebook_for(invocation.benchmark)),
+            str(inv_dir / EXECUTED_NOTEBOOK), "-f", str(inv_dir / PARAMS_FILE), "-k", "python3",
+            "--cwd", str(inv_dir), "--no-progress-bar", "--log-output"]
+    return engines.LaunchSpec(argv=argv, repo_dir=paths.repo_root(), run_dir=run_dir, workdir=inv_dir, env=arm_env)
 
 
 def _run_one(run_dir: Path, manifest: Manifest, invocation: Invocation, arm: Arm, arm_env: dict[str, str],
              timeout_s: float) -> None:
     inv_dir = run_dir / invocation.rel_dir
-    if inv_dir.exists():  # left by an interrupted attempt: start clean
-        shutil.rmtree(inv_dir)
-    inv_dir.mkdir(parents=True)
-    params = {**invocation.params, "output_dir": str(inv_dir), "run_id": manifest.run_id,
-              "arm": arm.name, "invocation": invocation.invocation}
-    _atomic.write_text(inv_dir / PARAMS_FILE, yaml.safe_dump(params, sort_keys=False))
-    engines.prepare_run_dir(run_dir, arm)  # the container's UID must be able to write here
-    python = sys.executable if arm.kind in ("native", "isolated") else "python3"
-    argv = [python, "-m", "papermill", str(paths.notebook_for(invocation.benchmark)),
-            str(inv_dir / EXECUTED_NOTEBOOK), "-f", str(inv_dir / PARAMS_FILE), "-k", "python3",
-            "--cwd", str(inv_dir), "--no-progress-bar", "--log-output"]
-    spec = engines.LaunchSpec(argv=argv, repo_dir=paths.repo_root(), run_dir=run_dir, workdir=inv_dir,
-                              env=arm_env)
-    command = engines.launch_argv(arm, spec, host_gpu_count() > 0)
+    spec = _launch_spec(run_dir, invocation, arm, arm_env)
+    try:
+        if inv_dir.exists():  # left by an interrupted attempt: start clean
+            shutil.rmtree(inv_dir)
+        inv_dir.mkdir(parents=True)
+        params = {**invocation.params, "output_dir": str(inv_dir), "run_id": manifest.run_id,
+                  "arm": arm.name, "invocation": invocation.invocation}
+        _atomic.write_text(inv_dir / PARAMS_FILE, yaml.safe_dump(params, sort_keys=False))
+        engines.prepare_run_dir(run_dir, arm)  # the container's UID must be able to write here
+        command = engines.launch_argv(arm, spec, host_gpu_count() > 0)
 
-    invocation.status, invocation.started_at, invocation.error = RUNNING, _now(), None
-    manifest.save(run_dir)
-    began = time.perf_counter()
-    # A native invocation inherits this process's environment; other arms get only spec.env,
-    # passed by their engine, so the host's environment stays out of them.
-    env = {**os.environ, **spec.env} if arm.kind == "native" else None
-    error = _launch(command, env, inv_dir / LOG_FILE, timeout_s)
-    if error and error.startswith("timed out"):
-        engines.stop(arm, spec)  # killing the engine's client leaves its container running
-    invocation.duration_s = round(time.perf_counter() - began, 3)
-    invocation.ended_at = _now()
-    if error is None and not (inv_dir / RESULTS_FILE).is_file():
-        error = f"the notebook finished without writing {RESULTS_FILE}; see {inv_dir / LOG_FILE}"
-    invocation.status = FAILED if error else COMPLETE
-    invocation.error = error
-    invocation.files = {name: _atomic.sha256_of(inv_dir / name) for name in CHECKSUMMED if (inv_dir / name).is_file()}
-    manifest.save(run_dir)
+        invocation.status, invocation.started_at, invocation.error = RUNNING, _now(), None
+        manifest.save(run_dir)
+        began = time.perf_counter()
+        error = _launch(command, _child_env(arm, spec), inv_dir / LOG_FILE, timeout_s)
+        if error and error.startswith("timed out"):
+            engines.stop(arm, spec)  # killing the engine's client leaves its container running
+        invocation.duration_s = round(time.perf_counter() - began, 3)
+        invocation.ended_at = _now()
+        error = error or _results_error(inv_dir)
+        invocation.status = FAILED if error else COMPLETE
+        invocation.error = error
+        invocation.files = {name: _atomic.sha256_of(inv_dir / name) for name in CHECKSUMMED
+                            if (inv_dir / name).is_file()}
+        manifest.save(run_dir)
+    except BaseException as exc:  # stopped half-way: nothing of this attempt is kept
+        engines.stop(arm, spec)
+        shutil.rmtree(inv_dir, ignore_errors=True)
+        invocation.status, invocation.error, invocation.files = PENDING, None, {}
+        invocation.notes.append(f"{_now()} {_stopped_by(exc)}; discarded, runs again on --resume")
+        manifest.save(run_dir)
+        raise
+
+
+def _child_env(arm: Arm, spec: engines.LaunchSpec) -> dict[str, str]:
+    """A native invocation inherits this process's environment; other arms get only spec.env, passed by
+    their engine, so the host's environment stays out of them. Every launcher carries the invocation
+    mark, so that a resumed run can find the processes a killed one left (_process.kill_marked)."""
+    env = {**os.environ, **spec.env} if arm.kind == "native" else dict(os.environ)
+    return {**env, _process.MARK: str(spec.workdir)}
+
+
+def _results_error(inv_dir: Path) -> str | None:
+    """Why a notebook that exited 0 still failed: it wrote no results, or its case failed inside
+    (run_benchmark records a failed case, e.g. out of memory, as a ``failed`` status row)."""
+    results = inv_dir / RESULTS_FILE
+    if not results.is_file():
+        return f"the notebook finished without writing {RESULTS_FILE}; see {inv_dir / LOG_FILE}"
+    rows = pd.read_parquet(results, columns=["status", "note"])
+    failed = rows[rows["status"] == schema.STATUS_FAILED]
+    if failed.empty:
+        return None
+    note = str(failed["note"].iloc[0])
+    return f"the case failed: {note.removeprefix('failed: ')}"
+
+
+def _stopped_by(exc: BaseException) -> str:
+    if isinstance(exc, _process.Interrupted):
+        return f"interrupted by {exc.name}"
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted by SIGINT"
+    return f"stopped by an error ({type(exc).__name__}: {exc})"
 
 
 def _arm_env(arm: Arm) -> dict[str, str]:
@@ -215,19 +325,25 @@ def _arm_env(arm: Arm) -> dict[str, str]:
     return env
 
 
-def _launch(command: list[str], env: dict[str, str] | None, log_path: Path, timeout_s: float) -> str | None:
-    """Run one invocation; return None on success or one line saying why it failed."""
+def _launch(command: list[str], env: dict[str, str], log_path: Path, timeout_s: float) -> str | None:
+    """Run one invocation; return None on success or one line saying why it failed. However this
+    ends (time limit, signal, error), no process of the invocation outlives it."""
     with open(log_path, "wb") as log:
         try:
-            completed = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                       timeout=timeout_s, stdin=subprocess.DEVNULL)
-        except subprocess.TimeoutExpired:
-            return f"timed out after {timeout_s:.0f} s (suite key timeout_s); see {log_path}"
+            child = _process.start(command, env, log)
         except FileNotFoundError as exc:
             return f"could not start {command[0]!r}: {exc.strerror}"
-    if completed.returncode == 0:
+        try:
+            returncode = child.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            _process.stop_tree(child)
+            return f"timed out after {timeout_s:.0f} s (suite key timeout_s); see {log_path}"
+        except BaseException:
+            _process.stop_tree(child)
+            raise
+    if returncode == 0:
         return None
-    return f"exit code {completed.returncode}: {_error_line(log_path)}"
+    return f"exit code {returncode}: {_error_line(log_path)}"
 
 
 def _error_line(log_path: Path) -> str:
@@ -270,7 +386,14 @@ def _now() -> str:
 
 
 def describe(outcome: RunOutcome) -> str:
+    """One line for the run, then one line per failed invocation saying why, and how to retry them."""
     counts = outcome.manifest.counts()
     parts = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
-    return f"run {outcome.manifest.run_id}: {parts}; results in {outcome.run_dir}"
+    lines = [f"run {outcome.manifest.run_id}: {parts}; results in {outcome.run_dir}"]
+    failed = [inv for inv in outcome.manifest.invocations if inv.status == FAILED]
+    if failed:
+        lines.append(f"{len(failed)} of {len(outcome.manifest.invocations)} invocations failed:")
+        lines += [f"  failed: {inv.label}: {inv.error}" for inv in failed]
+        lines.append(f"run them again with: benchlib run --resume {outcome.run_dir}")
+    return "\n".join(lines)
 

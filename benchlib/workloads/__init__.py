@@ -46,6 +46,7 @@ class Workload:
     params_model: type[CommonParams]
     case_keys: tuple[str, ...]
     run: Callable[[CommonParams, Device], list[Metric]] = field(repr=False)
+    for_tests: bool = False  # fault injection and the like: kept out of suites and apart in `benchlib list`
 
 
 @functools.lru_cache(maxsize=1)
