@@ -55,6 +55,13 @@ def write_parquet(path: Path, frame: pd.DataFrame) -> Path:
     return _write_via_temp(path, lambda tmp: frame.to_parquet(tmp, index=False, engine="pyarrow"))
 
 
+def write_arrow_parquet(path: Path, table: Any) -> Path:
+    """A pyarrow Table as parquet, its schema (and pandas metadata) exactly as given."""
+    import pyarrow.parquet as pq
+
+    return _write_via_temp(path, lambda tmp: pq.write_table(table, tmp))
+
+
 def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:

@@ -1,7 +1,9 @@
 """``outputs/<run_id>/manifest.json``: the plan, the status of every invocation, checksums.
 
 The manifest is rewritten atomically after every state change, so an interrupted run can be
-resumed (``benchlib run --resume``) and a reader never sees a half-written one.
+resumed (``benchlib run --resume``) and a reader never sees a half-written one. Secrets are redacted
+on the way out (:mod:`benchlib.redact`): a resumed run takes a redacted arm ``env`` value from the
+environment again.
 """
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import _atomic
+from . import _atomic, redact
 from .errors import BenchlibError
 
 MANIFEST_FILE = "manifest.json"
@@ -59,7 +61,8 @@ class Manifest:
     schema_version: int = SCHEMA_VERSION
 
     def save(self, run_dir: Path) -> Path:
-        return _atomic.write_json(run_dir / MANIFEST_FILE, asdict(self))
+        """Write manifest.json, secrets redacted (an arm's ``env`` entries named like secrets included)."""
+        return _atomic.write_json(run_dir / MANIFEST_FILE, redact.redact_obj(asdict(self)))
 
     def counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}

@@ -4,7 +4,9 @@ Every invocation runs ``python -m papermill notebooks/<bench>.ipynb .../executed
 .../params.yaml -k python3`` launched through its arm (:mod:`benchlib.engines`): natively on the
 host, or inside a container with the repository mounted read-only and the run directory writable.
 Arms are preflighted before anything is written; the manifest is rewritten after every
-invocation, so ``--resume`` can pick up where an interrupted run stopped.
+invocation, so ``--resume`` can pick up where an interrupted run stopped. What an invocation wrote
+(papermill's notebook and log above all) is redacted (:mod:`benchlib.redact`) before it is
+checksummed, and so is every message the runner prints.
 """
 from __future__ import annotations
 
@@ -21,11 +23,11 @@ from pathlib import Path
 import yaml
 from tqdm.auto import tqdm
 
-from . import __version__, _atomic, engines, paths
-from .arms import Arm, arm_from_spec, select_arms
+from . import __version__, _atomic, engines, paths, redact
+from .arms import Arm, arm_from_spec, raised_privileges, select_arms
 from .bench import ENV_FILE, RESULTS_FILE, TELEMETRY_FILE
 from .device import host_gpu_count, host_gpu_names
-from .errors import PreflightError
+from .errors import BenchlibError, PreflightError
 from .manifest import COMPLETE, FAILED, PENDING, RUNNING, Invocation, Manifest
 from .suites import Suite, load_suite, plan
 
@@ -60,6 +62,7 @@ def default_suite() -> str:
 
 
 def run_suite(options: RunOptions, log=print) -> RunOutcome:
+    log = _redacting(log)
     if options.resume is not None:
         return _resume(Path(options.resume), options, log)
     suite = load_suite(options.suite)
@@ -87,7 +90,7 @@ def _resume(run_dir: Path, options: RunOptions, log) -> RunOutcome:
     run_dir = run_dir.resolve()
     manifest = Manifest.load(run_dir)
     suite = load_suite(manifest.suite)
-    arms = [arm_from_spec({k: v for k, v in spec.items() if k in Arm.__dataclass_fields__}, "manifest")
+    arms = [arm_from_spec(_unredacted({k: v for k, v in spec.items() if k in Arm.__dataclass_fields__}), "manifest")
             for spec in manifest.arms]
     _preflight_all(arms, run_dir.parent, host_gpu_count() > 0, False, log)
     for invocation in manifest.invocations:
@@ -100,9 +103,28 @@ def _resume(run_dir: Path, options: RunOptions, log) -> RunOutcome:
     return _execute(run_dir, manifest, suite, arms, options, log)
 
 
+def _redacting(log):
+    return lambda message: log(redact.redact_text(str(message)))
+
+
+def _unredacted(spec: dict) -> dict:
+    """An arm record from a manifest with the values redacted from its ``env`` taken from the
+    environment again (the manifest never holds them)."""
+    env = dict(spec.get("env") or {})
+    for key, value in env.items():
+        if redact.REDACTED in str(value):
+            if key not in os.environ:
+                raise BenchlibError(f"arm {spec.get('name')!r} needs {key}, which the manifest does not keep; "
+                                    f"set {key} in the environment and resume again.")
+            env[key] = os.environ[key]
+    return {**spec, "env": env} if env else spec
+
+
 def _preflight_all(arms: list[Arm], out_dir: Path, has_gpu: bool, skip_unavailable: bool, log):
     ready, skipped = [], []
     for arm in arms:
+        for warning in raised_privileges(arm.run_flags, arm.kind):
+            log(f"warning: arm {arm.name} runs with raised privileges, as its flags ask: {warning}")
         try:
             ready.append((arm, engines.preflight(arm, paths.repo_root(), out_dir, has_gpu)))
         except PreflightError as exc:
@@ -118,6 +140,8 @@ def _preflight_all(arms: list[Arm], out_dir: Path, has_gpu: bool, skip_unavailab
 def _execute(run_dir: Path, manifest: Manifest, suite: Suite, arms: list[Arm], options: RunOptions, log) -> RunOutcome:
     arms_by_name = {arm.name: arm for arm in arms}
     arm_envs = {arm.name: _arm_env(arm) for arm in arms}  # once per run: the digest lookup runs the engine
+    for arm_env in arm_envs.values():
+        redact.add_secrets_from(arm_env)  # an arm's own secrets are not in this process's environment
     todo = [inv for inv in manifest.invocations if inv.status != COMPLETE]
     position = max((inv.ran_as for inv in manifest.invocations if inv.ran_as is not None), default=-1) + 1
     bar = tqdm(total=len(todo), desc=f"{manifest.run_id}", unit="inv", disable=not options.progress,
@@ -176,6 +200,8 @@ def _run_one(run_dir: Path, manifest: Manifest, invocation: Invocation, arm: Arm
         engines.stop(arm, spec)  # killing the engine's client leaves its container running
     invocation.duration_s = round(time.perf_counter() - began, 3)
     invocation.ended_at = _now()
+    redact.redact_tree(inv_dir)  # papermill's notebook and log hold whatever the kernel printed
+    error = redact.redact_text(error) if error else error
     if error is None and not (inv_dir / RESULTS_FILE).is_file():
         error = f"the notebook finished without writing {RESULTS_FILE}; see {inv_dir / LOG_FILE}"
     invocation.status = FAILED if error else COMPLETE
