@@ -66,12 +66,16 @@ def _words(name: str) -> list[str]:
     return [word.lower() for word in re.split(r"[^A-Za-z0-9]+", _CAMEL.sub("_", name)) if word]
 
 
+def _has_secret_word(words: list[str]) -> bool:
+    return any(word in _SECRET_WORDS or word.endswith(("password", "passwd", "secret")) for word in words)
+
+
 def secret_name(name: str) -> bool:
     """Whether a key or variable name names a secret (see the module docstring)."""
     words = _words(name)
     if not words:
         return False
-    if any(word in _SECRET_WORDS or word.endswith(("password", "passwd", "secret")) for word in words):
+    if _has_secret_word(words):
         return True
     if words[-1] in _SECRET_LAST_WORDS:
         return words[-1] not in ("key", "pass") or (len(words) > 1 and words[-2] not in _PLAIN_KEY_WORDS)
@@ -115,7 +119,7 @@ def _secret_name_in_text(name: str) -> bool:
     if not secret_name(bare):
         return False
     words = _words(bare)
-    if bare.isupper() or any(word in _SECRET_WORDS or word.endswith(("password", "passwd", "secret")) for word in words):
+    if bare.isupper() or _has_secret_word(words):
         return True
     return any(pair in _SECRET_PAIRS for pair in zip(words, words[1:]))
 
@@ -128,10 +132,16 @@ def _redact_patterns(text: str, replacement: str) -> str:
         text = _HEADER.sub(lambda m: f"{m[1]}{m[2]}{m[3] + ' ' if m[3] else ''}{replacement}", text)
     if "bearer" in lowered:
         text = _BEARER.sub(lambda m: f"{m[1]} {replacement}", text)
-    text = _ASSIGNMENT.sub(lambda m: f"{m[1]}={replacement}" if _secret_name_in_text(m[1]) and m[2] != replacement else m[0],
-                           text)
-    text = _QUOTED_PAIR.sub(
-        lambda m: f"{m[1]}{m[2]}{m[1]}{m[3]}{m[4]}{replacement}{m[4]}" if _secret_name_in_text(m[2]) and m[5] else m[0], text)
+
+    def assignment(m: re.Match) -> str:
+        return f"{m[1]}={replacement}" if _secret_name_in_text(m[1]) and m[2] != replacement else m[0]
+
+    def quoted_pair(m: re.Match) -> str:
+        hide = _secret_name_in_text(m[2]) and m[5]
+        return f"{m[1]}{m[2]}{m[1]}{m[3]}{m[4]}{replacement}{m[4]}" if hide else m[0]
+
+    text = _ASSIGNMENT.sub(assignment, text)
+    text = _QUOTED_PAIR.sub(quoted_pair, text)
     return _TOKEN.sub(replacement, text)
 
 

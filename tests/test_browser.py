@@ -236,7 +236,8 @@ def test_the_hostile_report_and_index_run_no_payload(browser: str, tmp_path_fact
     text = page.evaluate("document.body.innerText")
     assert PAYLOAD_ARM in text and PAYLOAD_ENV["NCCL_PAYLOAD"] in text and "[x](javascript:alert(17))" in text
     # the figures' legends and labels show the arm name as text too
-    labels = page.evaluate("Array.from(document.querySelectorAll('.js-plotly-plot .legendtext')).map(e => e.textContent)")
+    labels = page.evaluate(
+        "Array.from(document.querySelectorAll('.js-plotly-plot .legendtext')).map(e => e.textContent)")
     assert PAYLOAD_ARM in labels
     index = _new_page(browser)
     index.open((hostile.docs / "index.html").resolve().as_uri())

@@ -44,8 +44,8 @@ def test_harmless_names(name: str):
 
 
 def test_counts_of_tokens_are_kept_and_token_values_are_not():
-    record = {"max_tokens": 128, "output_tokens": 32, "tokens_per_s": 455.0, "HF_TOKEN": "x", "nested": [{"api_key": 3}],
-              "enabled_auth": False, "empty_token": None}
+    record = {"max_tokens": 128, "output_tokens": 32, "tokens_per_s": 455.0, "HF_TOKEN": "x",
+              "nested": [{"api_key": 3}], "enabled_auth": False, "empty_token": None}
     assert redact_obj(record) == {"max_tokens": 128, "output_tokens": 32, "tokens_per_s": 455.0, "HF_TOKEN": REDACTED,
                                   "nested": [{"api_key": REDACTED}], "enabled_auth": False, "empty_token": None}
 
