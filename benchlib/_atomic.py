@@ -66,6 +66,13 @@ def remove_temp_files(folder: Path) -> list[Path]:
     return leftovers
 
 
+def write_arrow_parquet(path: Path, table: Any) -> Path:
+    """A pyarrow Table as parquet, its schema (and pandas metadata) exactly as given."""
+    import pyarrow.parquet as pq
+
+    return _write_via_temp(path, lambda tmp: pq.write_table(table, tmp))
+
+
 def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:

@@ -10,8 +10,9 @@ naming the file and key. An arm's name becomes a folder of the run, so it is let
 """
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Literal, Mapping
+from typing import Any, Literal, Mapping, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -128,10 +129,83 @@ def arm_from_spec(spec: str | Mapping[str, Any], source: str = "the suite", loc:
     return arm
 
 
+#: Run flags that raise a container's privileges or open the host to it. benchlib never adds one
+#: itself; an arm that asks for one is warned about when it runs and in its report.
+_PRIVILEGE_FLAGS = {
+    "--privileged": "every capability and host device, no seccomp or AppArmor confinement",
+    "--cap-add": "a capability beyond the engine's default set",
+    "--security-opt": "confinement switched off",
+    "--user": "root inside the container",
+    "-u": "root inside the container",
+    "--pid": "the host's process namespace",
+    "--device": "a host device beyond the GPUs",
+    "-v": "a writable host path",
+    "--volume": "a writable host path",
+    "--mount": "a writable host path",
+    # apptainer
+    "--fakeroot": "root inside the container",
+    "--keep-privs": "root's privileges kept",
+    "--allow-setuid": "setuid programs allowed",
+    "--add-caps": "capabilities added",
+    "--writable": "a writable image",
+    "--bind": "a writable host path",
+    "-B": "a writable host path",
+}
+_BOOLEAN_FLAGS = {"--privileged", "--fakeroot", "--keep-privs", "--allow-setuid", "--writable"}
+
+
+def raised_privileges(run_flags: Sequence[str], kind: str = "container") -> list[str]:
+    """The run flags that raise privileges (``--privileged``, ``--cap-add``, ``--security-opt
+    seccomp=unconfined``, ``--user 0``, ``--pid=host``, ``--device``, writable ``-v`` mounts,
+    apptainer's ``--fakeroot``...), each as ``flag (what it grants)``; empty for a native arm, whose
+    flags launch nothing."""
+    if kind == "native":
+        return []
+    found = []
+    items = [str(flag) for flag in run_flags]
+    i = 0
+    while i < len(items):
+        name, sep, value = items[i].partition("=")
+        if name not in _PRIVILEGE_FLAGS:
+            i += 1
+            continue
+        if not sep and name not in _BOOLEAN_FLAGS:
+            value = items[i + 1] if i + 1 < len(items) else ""
+            i += 1
+        i += 1
+        if _raises(name, value, bool(sep)):
+            shown = f"{name} {value}" if value and name not in _BOOLEAN_FLAGS else items[i - 1]
+            found.append(f"{shown} ({_PRIVILEGE_FLAGS[name]})")
+    return found
+
+
+def _raises(name: str, value: str, explicit: bool) -> bool:
+    lowered = value.lower()
+    if name in _BOOLEAN_FLAGS:
+        return not explicit or lowered not in ("false", "0")
+    if name == "--security-opt":
+        return "unconfined" in lowered or re.search(r"label[=:]disable|no-new-privileges[=:]false", lowered) is not None
+    if name in ("--user", "-u"):
+        return lowered.partition(":")[0] in ("0", "root")
+    if name == "--pid":
+        return lowered == "host"
+    if name in ("-v", "--volume"):
+        return "docker.sock" in lowered or "ro" not in ",".join(lowered.split(":")[2:]).split(",")
+    if name in ("--bind", "-B"):  # apptainer: SRC[:DST[:OPTS]], several separated by commas
+        return "docker.sock" in lowered or any(bind.split(":")[2:3] != ["ro"] for bind in lowered.split(","))
+    if name == "--mount":
+        fields = [part.strip() for part in lowered.split(",")]
+        return "docker.sock" in lowered or not any(f in ("readonly", "ro", "readonly=true", "ro=true") for f in fields)
+    return True  # --cap-add, --device, --add-caps
+
+
 def _validate(arm: Arm, source: str, loc: tuple = ()) -> None:
     def key(name: str) -> str:
         return f"{source}: key {key_name((*loc, name))!r}" if loc else f"{source}: arm {arm.name!r}: key {name!r}"
 
+    if not arm.name or arm.name in (".", "..") or re.search(r"[/\\\x00-\x1f\x7f]", arm.name):
+        raise ParamsError(f"{source}: arm {arm.name!r}: an arm name names a folder of the run, so it may not be "
+                          "empty, '.' or '..', nor hold '/', '\\' or control characters.")
     if arm.kind not in ARM_KINDS:
         raise ParamsError(f"{key('kind')} must be one of {', '.join(ARM_KINDS)}, not {arm.kind!r}.")
     if arm.engine not in ENGINES_BY_KIND[arm.kind]:

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from . import _atomic, ceilings, fingerprint, schema
+from . import _atomic, ceilings, fingerprint, redact, schema
 from .device import Device, resolve_device
 from .errors import SkipCase
 from .params import CommonParams, expand_cases, validate
@@ -87,10 +87,12 @@ def notebook_parameters(benchmark: str, namespace: dict[str, Any]) -> dict[str, 
 
 
 def write_invocation(directory: Path, results: pd.DataFrame, telemetry: pd.DataFrame, env: dict) -> None:
-    """Write the three files atomically; results last, so its presence means the set is whole."""
+    """Write the three files atomically, secrets redacted; results last, so its presence means the set
+    is whole."""
     _atomic.write_json(directory / ENV_FILE, fingerprint.redact(env))
-    _atomic.write_parquet(directory / TELEMETRY_FILE, schema.conform(telemetry, schema.TELEMETRY_COLUMNS))
-    _atomic.write_parquet(directory / RESULTS_FILE, schema.conform(results))
+    _atomic.write_parquet(directory / TELEMETRY_FILE,
+                          redact.redact_frame(schema.conform(telemetry, schema.TELEMETRY_COLUMNS)))
+    _atomic.write_parquet(directory / RESULTS_FILE, redact.redact_frame(schema.conform(results)))
 
 
 def _run_case(workload: Workload, case: CommonParams, context: RunContext) -> pd.DataFrame:

@@ -91,11 +91,12 @@ def _cmd_env(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
+    from .redact import redact_text
     from .report import build_report
 
     report = build_report(Path(args.run_dir), docs_dir=Path(args.docs) if args.docs else None)
     for problem in report.problems:
-        print(f"note: {problem}", file=sys.stderr)
+        print(f"note: {redact_text(problem)}", file=sys.stderr)
     print(f"report: {report.html}")
     return 0 if report.comparable else 1
 
@@ -177,7 +178,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.handler(args)
     except BenchlibError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        from .redact import redact_text
+
+        print(f"error: {redact_text(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:  # the runner has already said how to resume
         return 128 + getattr(exc, "signum", signal.SIGINT)

@@ -5,7 +5,7 @@ engine and evidence, versions (driver, CUDA, cuBLAS, cuDNN, torch), the torch bu
 the device, math modes, GPU clocks and power limits, CPU quota and cpuset, memory limits, /dev/shm,
 seccomp, ulimits and the CUDA_/NVIDIA_/TORCH_/NCCL_/OMP_ environment. Every probe is guarded: a
 failure is recorded as ``"error: ..."`` (or None for an absent file), never raised. Nothing spawns a
-process. The result passes through :func:`redact` so no secret reaches env.json or a report.
+process. The result passes through :func:`benchlib.redact.redact` so no secret reaches env.json or a report.
 """
 from __future__ import annotations
 
@@ -24,9 +24,9 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable, Mapping
 
+from .redact import REDACTED, redact  # noqa: F401  (re-exported: the fingerprint's redaction)
 from .telemetry import NvmlUnavailable, decode_clock_event_reasons, nvml_session
 
-REDACTED = "<redacted>"
 ENV_PREFIXES = ("CUDA_", "NVIDIA_", "TORCH_", "NCCL_", "OMP_", "PYTORCH_", "MKL_", "BENCHLIB_")
 ENGINES = ("docker", "podman", "apptainer", "enroot", "containerd", "kubernetes", "runc")
 IMAGE_IDENTITY = Path("/etc/benchlib/image.json")
@@ -51,49 +51,7 @@ _UNLIMITED_V1 = 2**62  # cgroup v1 reports "no memory limit" as a page-rounded L
 
 
 # --------------------------------------------------------------------------- redaction
-
-_SECRET_NAME = re.compile(r"TOKEN|KEY|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH|COOKIE|SESSION|PRIVATE", re.I)
-_URL_CREDENTIALS = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/\s@:]+:[^/\s@]*@")
-_ASSIGNMENT = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)=([^\s,;]+)")
-_TOKEN = re.compile(
-    r"(?<![A-Za-z0-9])(?:hf_[A-Za-z0-9]{20,}|gh[pousr]_[A-Za-z0-9]{20,}|github_pat_[A-Za-z0-9_]{20,}"
-    r"|sk-[A-Za-z0-9_-]{20,}|AKIA[0-9A-Z]{16}|xox[abprs]-[A-Za-z0-9-]{10,}|glpat-[A-Za-z0-9_-]{20,}"
-    r"|nvapi-[A-Za-z0-9_-]{20,}|eyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]+)"
-)
-_BLOB = re.compile(r"[A-Za-z0-9+=_-]{32,}")
-_HEX_ID = re.compile(r"(?:MIG-)?(?:GPU-)?[0-9a-fA-F-]+")  # GPU/MIG UUIDs, digests, container ids
-
-
-def redact(obj: Any) -> Any:
-    """A copy of ``obj`` with secrets replaced by ``<redacted>``.
-
-    A dict value is redacted whole when its key names a secret (TOKEN, KEY, SECRET, PASSWORD, AUTH,
-    COOKIE, SESSION, PRIVATE, ...). In every string: credentials in URLs (``scheme://user:pass@``),
-    ``NAME=value`` where NAME names a secret, known token formats (hf_, ghp_, github_pat_, sk-,
-    AKIA, xox?-, glpat-, nvapi-, JWTs) and runs of 32+ base64-ish characters mixing upper case, lower
-    case and digits. Hex ids (GPU/MIG UUIDs, ``sha256:`` digests, container ids) are kept.
-    """
-    if isinstance(obj, Mapping):
-        return {k: REDACTED if isinstance(k, str) and _SECRET_NAME.search(k) else redact(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [redact(v) for v in obj]
-    if isinstance(obj, str):
-        return _redact_text(obj)
-    return obj
-
-
-def _redact_text(text: str) -> str:
-    text = _URL_CREDENTIALS.sub(rf"\1{REDACTED}@", text)
-    text = _ASSIGNMENT.sub(lambda m: f"{m[1]}={REDACTED}" if _SECRET_NAME.search(m[1]) else m[0], text)
-    text = _TOKEN.sub(REDACTED, text)
-    return _BLOB.sub(lambda m: REDACTED if _looks_random(m[0]) else m[0], text)
-
-
-def _looks_random(run: str) -> bool:
-    if _HEX_ID.fullmatch(run):
-        return False
-    return any(c.isupper() for c in run) and any(c.islower() for c in run) and any(c.isdigit() for c in run)
-
+# One redaction for every writer: benchlib.redact (re-exported here, where env.json is built).
 
 def to_json(fp: Mapping[str, Any]) -> str:
     return json.dumps(fp, indent=2, sort_keys=True, default=str)

@@ -8,6 +8,9 @@ changed, saying so in its ``notes``.
 
 Run statuses: ``running``, ``complete`` (every invocation complete), ``partial`` (the run ended with
 failed invocations), ``interrupted`` (stopped by a signal or an error; ``--resume`` completes it).
+
+Secrets are redacted on the way out (:mod:`benchlib.redact`): a resumed run takes a redacted arm
+``env`` value from the environment again.
 """
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import _atomic
+from . import _atomic, redact
 from .errors import BenchlibError
 
 MANIFEST_FILE = "manifest.json"
@@ -82,7 +85,8 @@ class Manifest:
     suite_file: str | None = None  # absolute path of the suite file, so --resume finds a suite given by path
 
     def save(self, run_dir: Path) -> Path:
-        return _atomic.write_json(run_dir / MANIFEST_FILE, asdict(self))
+        """Write manifest.json, secrets redacted (an arm's ``env`` entries named like secrets included)."""
+        return _atomic.write_json(run_dir / MANIFEST_FILE, redact.redact_obj(asdict(self)))
 
     def counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}

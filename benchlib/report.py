@@ -33,9 +33,11 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from . import _atomic, ceilings, envdiff, figures, paths, schema, stats
+from .arms import raised_privileges
 from .bench import RESULTS_FILE
 from .errors import BenchlibError
 from .manifest import COMPLETE, FAILED, MANIFEST_FILE, Invocation, Manifest
+from .redact import redact_obj, redact_text
 from .results import load_envs, load_manifest, load_telemetry
 
 NOTEBOOK = "analysis.ipynb"
@@ -259,6 +261,7 @@ def _ceiling(device: str, rate_unit: str, dtype: str, measured: dict[str, dict])
 def _arm_problems(manifest: Manifest, arms: list[str], baseline: str | None, requested: str | None,
                   results: pd.DataFrame) -> list[str]:
     problems = [f"arm {item['arm']} was skipped: {item['why']}" for item in manifest.skipped_arms]
+    problems += _privilege_problems(manifest)
     if requested is not None and requested not in arms:
         problems.append(f"the baseline {requested!r} is not an arm of this run (arms: {', '.join(arms)}); "
                         f"{baseline} is used instead.")
@@ -270,6 +273,21 @@ def _arm_problems(manifest: Manifest, arms: list[str], baseline: str | None, req
         if arm not in with_results:
             role = "the baseline arm" if arm == baseline else "arm"
             problems.append(f"{role} {arm} has no successful results: it cannot be compared.")
+    return problems
+
+
+def _privilege_problems(manifest: Manifest) -> list[str]:
+    """Arms that ran with raised privileges (their flags asked) or as root inside a container."""
+    problems = []
+    for spec in manifest.arms:
+        raised = raised_privileges(spec.get("run_flags") or [], str(spec.get("kind")))
+        if raised:
+            problems.append(f"arm {spec.get('name')} ran with raised privileges, as its flags ask: "
+                            f"{'; '.join(raised)}. Its numbers describe that container, not a default one.")
+        probe = (spec.get("preflight") or {}).get("probe") or {}
+        if spec.get("kind") == "container" and probe.get("uid") == 0:
+            problems.append(f"arm {spec.get('name')} ran as root inside its container (UID 0): unset "
+                            "BENCHLIB_CONTAINER_USER, or set it to a non-root UID:GID.")
     return problems
 
 
@@ -647,6 +665,8 @@ def _arm_description(spec: dict[str, Any]) -> str:
     details = [spec.get("kind"), spec.get("engine"), spec.get("image"), " ".join(spec.get("run_flags") or [])]
     env = spec.get("env") or {}
     details += [f"{k}={v}" for k, v in env.items()]
+    if raised_privileges(spec.get("run_flags") or [], str(spec.get("kind"))):
+        details.append("RAISED PRIVILEGES: see the problems")
     return f"{spec.get('name')} ({', '.join(str(d) for d in details if d)})"
 
 
@@ -699,7 +719,7 @@ def _json_records(frame: pd.DataFrame) -> list[dict[str, Any]]:
 def _write_summaries(analysis: Analysis) -> tuple[Path, Path, Path]:
     """summary.csv, summary.json and comparison_report.md in the run directory."""
     run_dir = analysis.run_dir
-    csv = _atomic.write_text(run_dir / SUMMARY_CSV, analysis.comparison.to_csv(index=False))
+    csv = _atomic.write_text(run_dir / SUMMARY_CSV, redact_text(analysis.comparison.to_csv(index=False)))
     record = {
         "run_id": analysis.run_id, "suite": analysis.manifest.suite, "created_at": analysis.manifest.created_at,
         "arms": analysis.arms, "baseline": analysis.baseline, "margin": analysis.margin,
@@ -707,17 +727,19 @@ def _write_summaries(analysis: Analysis) -> tuple[Path, Path, Path]:
         "comparisons": _json_records(analysis.comparison), "env_diff": _json_records(analysis.env_diff),
         "decomposition_arms": analysis.roles, "decomposition": _json_records(analysis.decomposition),
     }
-    summary = _atomic.write_json(run_dir / SUMMARY_JSON, record)
-    markdown = _atomic.write_text(run_dir / MARKDOWN, _markdown(analysis))
+    summary = _atomic.write_json(run_dir / SUMMARY_JSON, redact_obj(record))
+    markdown = _atomic.write_text(run_dir / MARKDOWN, redact_text(_markdown(analysis), html_safe=True))
     return csv, summary, markdown
 
 
 def _md_cell(value: Any) -> str:
+    """Text for comparison_report.md, shown literally: markup escaped as HTML entities, and the
+    characters of markdown links, code and tables (``[x](javascript:...)``) backslash-escaped."""
     if isinstance(value, (float, np.floating)):
         text = f"{value:.3g}" if np.isfinite(value) else "—"
     else:
         text = "—" if value is None else str(value)
-    return html.escape(text, quote=False).replace("|", "\\|").replace("\n", " ")
+    return re.sub(r"([\\`\[\]|])", r"\\\1", html.escape(text, quote=False)).replace("\n", " ")
 
 
 def _md_table(frame: pd.DataFrame) -> str:
@@ -810,7 +832,8 @@ def build_report(run_dir: str | Path, docs_dir: str | Path | None = None) -> Rep
     csv, summary, markdown = _write_summaries(analysis)
     with tempfile.TemporaryDirectory(prefix="benchlib-report-") as workdir:
         page = _export(_execute(run_dir.resolve(), Path(workdir)), f"benchlib report {analysis.run_id}")
-    target = _atomic.write_text(docs / "reports" / f"{_safe_name(analysis.run_id)}.html", page)
+    target = _atomic.write_text(docs / "reports" / f"{_safe_name(analysis.run_id)}.html",
+                                redact_text(page, html_safe=True))
     publish_index(docs, _index_entry(analysis, target.relative_to(docs).as_posix()))
     return Report(html=target, problems=analysis.problems, comparable=analysis.comparable,
                   summary_csv=csv, summary_json=summary, markdown=markdown)
@@ -839,9 +862,9 @@ def publish_index(docs: Path, entry: dict[str, Any]) -> Path:
         raise BenchlibError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}); fix or delete it.") from None
     entries = [e for e in entries if e.get("run_id") != entry["run_id"] and (docs / str(e.get("href", ""))).is_file()]
     entries = sorted([*entries, entry], key=lambda e: str(e.get("date", "")), reverse=True)
-    _atomic.write_json(path, entries)
+    _atomic.write_json(path, redact_obj(entries))
     _atomic.write_text(docs / ".nojekyll", "")
-    return _atomic.write_text(docs / "index.html", _index_html(entries))
+    return _atomic.write_text(docs / "index.html", redact_text(_index_html(entries), html_safe=True))
 
 
 def _index_html(entries: list[dict[str, Any]]) -> str:

@@ -5,7 +5,9 @@ Every invocation runs ``python -m papermill notebooks/<bench>.ipynb .../executed
 host, or inside a container with the repository mounted read-only and the run directory writable.
 Arms are preflighted before anything is written; then the run takes this host's GPUs (one run
 per GPU, :mod:`benchlib.gpulock`) for as long as it runs. The manifest is rewritten after every
-invocation, so ``--resume`` can pick up where an interrupted run stopped.
+invocation, so ``--resume`` can pick up where an interrupted run stopped. What an invocation wrote
+(papermill's notebook and log above all) is redacted (:mod:`benchlib.redact`) before it is
+checksummed, and so is every message the runner prints.
 
 Faults. A failed invocation (the kernel died, the suite's ``timeout_s`` ran out, a case failed
 inside the notebook, e.g. out of memory) is recorded as ``failed`` with its reason in the
@@ -39,11 +41,11 @@ import pandas as pd
 import yaml
 from tqdm.auto import tqdm
 
-from . import __version__, _atomic, _process, engines, gpulock, paths, schema
-from .arms import Arm, arm_from_spec, select_arms
+from . import __version__, _atomic, _process, engines, gpulock, paths, redact, schema
+from .arms import Arm, arm_from_spec, raised_privileges, select_arms
 from .bench import ENV_FILE, RESULTS_FILE, TELEMETRY_FILE
 from .device import host_gpu_count, host_gpu_names
-from .errors import ParamsError, PreflightError
+from .errors import BenchlibError, ParamsError, PreflightError
 from .manifest import COMPLETE, FAILED, INTERRUPTED, PARTIAL, PENDING, RUNNING, Invocation, Manifest
 from .suites import Suite, load_suite, plan
 
@@ -81,6 +83,7 @@ def default_suite() -> str:
 
 def run_suite(options: RunOptions, log=print) -> RunOutcome:
     """Run (or resume) a suite. SIGINT/SIGTERM stop it cleanly and raise :class:`_process.Interrupted`."""
+    log = _redacting(log)
     with _process.interrupt_on_signals():
         if options.resume is not None:
             return _resume(Path(options.resume), options, log)
@@ -123,8 +126,8 @@ def _resume(run_dir: Path, options: RunOptions, log) -> RunOutcome:
     with _process.hold_exclusively(run_dir, "run directory"):
         manifest = Manifest.load(run_dir)
         suite = _suite_of(manifest)
-        arms = [arm_from_spec({k: v for k, v in spec.items() if k in Arm.__dataclass_fields__}, "manifest")
-                for spec in manifest.arms]
+        arms = [arm_from_spec(_unredacted({k: v for k, v in spec.items() if k in Arm.__dataclass_fields__}),
+                              "manifest") for spec in manifest.arms]
         _preflight_all(arms, run_dir.parent, host_gpu_count() > 0, False, log)
         with _device_lock(options, run_dir.name, log):
             _clear_leftovers(run_dir, manifest, {arm.name: arm for arm in arms}, log)
@@ -181,9 +184,28 @@ def _recheck_complete(run_dir: Path, manifest: Manifest, log) -> None:
             log(f"{invocation.label}: {problem}; it runs again")
 
 
+def _redacting(log):
+    return lambda message: log(redact.redact_text(str(message)))
+
+
+def _unredacted(spec: dict) -> dict:
+    """An arm record from a manifest with the values redacted from its ``env`` taken from the
+    environment again (the manifest never holds them)."""
+    env = dict(spec.get("env") or {})
+    for key, value in env.items():
+        if redact.REDACTED in str(value):
+            if key not in os.environ:
+                raise BenchlibError(f"arm {spec.get('name')!r} needs {key}, which the manifest does not keep; "
+                                    f"set {key} in the environment and resume again.")
+            env[key] = os.environ[key]
+    return {**spec, "env": env} if env else spec
+
+
 def _preflight_all(arms: list[Arm], out_dir: Path, has_gpu: bool, skip_unavailable: bool, log):
     ready, skipped = [], []
     for arm in arms:
+        for warning in raised_privileges(arm.run_flags, arm.kind):
+            log(f"warning: arm {arm.name} runs with raised privileges, as its flags ask: {warning}")
         try:
             ready.append((arm, engines.preflight(arm, paths.repo_root(), out_dir, has_gpu)))
         except PreflightError as exc:
@@ -199,6 +221,8 @@ def _preflight_all(arms: list[Arm], out_dir: Path, has_gpu: bool, skip_unavailab
 def _execute(run_dir: Path, manifest: Manifest, suite: Suite, arms: list[Arm], options: RunOptions, log) -> RunOutcome:
     arms_by_name = {arm.name: arm for arm in arms}
     arm_envs = {arm.name: _arm_env(arm) for arm in arms}  # once per run: the digest lookup runs the engine
+    for arm_env in arm_envs.values():
+        redact.add_secrets_from(arm_env)  # an arm's own secrets are not in this process's environment
     todo = [inv for inv in manifest.invocations if inv.status != COMPLETE]
     position = max((inv.ran_as for inv in manifest.invocations if inv.ran_as is not None), default=-1) + 1
     bar = tqdm(total=len(todo), desc=f"{manifest.run_id}", unit="inv", disable=not options.progress,
@@ -260,6 +284,8 @@ def _run_one(run_dir: Path, manifest: Manifest, invocation: Invocation, arm: Arm
             engines.stop(arm, spec)  # killing the engine's client leaves its container running
         invocation.duration_s = round(time.perf_counter() - began, 3)
         invocation.ended_at = _now()
+        redact.redact_tree(inv_dir)  # papermill's notebook and log hold whatever the kernel printed
+        error = redact.redact_text(error) if error else error
         error = error or _results_error(inv_dir)
         invocation.status = FAILED if error else COMPLETE
         invocation.error = error

@@ -21,6 +21,7 @@ import pytest
 from benchlib.report import FIGURES
 from conftest import REPO
 from test_report import Built, built_gpu_like, one_arm, two_arm  # noqa: F401  (fixtures)
+from test_safety import PAYLOAD_ARM, PAYLOAD_ENV, Hostile, built_hostile
 
 websocket = pytest.importorskip("websocket")  # websocket-client, in the dev extra
 
@@ -215,3 +216,32 @@ def test_the_telemetry_report_renders_its_series(browser: str, tmp_path_factory:
         " return plot ? plot.querySelectorAll('.scatterlayer .trace .js-line').length : -1; })()")
     assert segments == 36
     page.screenshot(ARTIFACTS / "report-telemetry.png")
+
+
+#: elements a payload would have made: event handlers, the payloads' images, javascript: links
+INJECTED_JS = ("document.querySelectorAll('[onload], [onerror], [onclick], [onmouseover], img[src=\"x\"], "
+               "a[href^=\"javascript:\" i], iframe, object, embed').length")
+
+
+def test_the_hostile_report_and_index_run_no_payload(browser: str, tmp_path_factory: pytest.TempPathFactory):
+    """Markup in an arm's name, flags and env and in a failure note (tests/test_safety.py) is text in the
+    DOM: no dialog opens, no handler or injected element exists, and the payloads read as written."""
+    hostile: Hostile = built_hostile(tmp_path_factory.getbasetemp())
+    report = next((hostile.docs / "reports").glob("*.html"))
+    page = _new_page(browser)
+    page.open(report.resolve().as_uri())
+    assert page.wait_for(RENDERED_JS) == report.read_text().count('class="plotly-graph-div"')
+    page.pump(1.0)
+    assert page.dialogs() == [] and page.errors() == []
+    assert page.evaluate(INJECTED_JS) == 0
+    text = page.evaluate("document.body.innerText")
+    assert PAYLOAD_ARM in text and PAYLOAD_ENV["NCCL_PAYLOAD"] in text and "[x](javascript:alert(17))" in text
+    # the figures' legends and labels show the arm name as text too
+    labels = page.evaluate(
+        "Array.from(document.querySelectorAll('.js-plotly-plot .legendtext')).map(e => e.textContent)")
+    assert PAYLOAD_ARM in labels
+    index = _new_page(browser)
+    index.open((hostile.docs / "index.html").resolve().as_uri())
+    index.pump(0.5)
+    assert index.dialogs() == [] and index.errors() == [] and index.evaluate(INJECTED_JS) == 0
+    assert PAYLOAD_ARM in index.evaluate("document.body.innerText")

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from benchlib import engines
-from benchlib.arms import BUILTIN_ARMS, PRESETS, Arm
+from benchlib import oci
+from benchlib.arms import BUILTIN_ARMS, PRESETS, Arm, raised_privileges
 from benchlib.engines import LaunchSpec, launch_argv
 from benchlib.errors import PreflightError
 
@@ -122,6 +123,64 @@ def test_extra_flags_follow_the_preset(spec, as_user):
     argv = launch_argv(arm, spec, host_has_gpu=False)
     image_at = _image_index(argv, "img")
     assert argv[image_at - len(arm.run_flags):image_at] == list(arm.run_flags)
+
+
+PRIVILEGE_FLAGS = ("--privileged", "--cap-add", "--security-opt", "--pid", "--userns", "--device", "--mount",
+                   "--network", "--net", "--uts", "--cgroupns")
+
+
+def _flag_names(argv: list[str]) -> set[str]:
+    """Option names in argv; rootless podman's --userns=keep-id (the invoker's UID inside) is not one
+    that raises anything."""
+    return {item.partition("=")[0] for item in argv if item.startswith("-") and item != "--userns=keep-id"}
+
+
+@pytest.mark.parametrize("name", ["container", "container-nvidia", "podman"])
+def test_builtin_container_arms_run_confined(spec, as_user, name):
+    """As the invoker, the checkout read-only, only the run directory writable, nothing privileged:
+    the nvidia preset adds --ipc=host and ulimits, never a capability."""
+    arm = BUILTIN_ARMS[name]
+    argv = launch_argv(arm, spec, host_has_gpu=False, cdi=False)
+    image_at = _image_index(argv, "benchlib:latest")
+    ours = argv[:image_at]
+    assert _option_values(ours, "--user") == ["4242:4242"] and ours.index("--user") < image_at
+    assert _option_values(ours, "-v") == ["/repo:/repo:ro", f"{spec.run_dir}:{spec.run_dir}:rw"]
+    assert not _flag_names(ours) & set(PRIVILEGE_FLAGS), _flag_names(ours) & set(PRIVILEGE_FLAGS)
+    assert raised_privileges(arm.run_flags, arm.kind) == []
+
+
+def test_privileges_only_when_an_arm_asks_and_then_they_are_named(spec, as_user):
+    arm = Arm("raw", kind="container", engine="docker", image="img", preset="nvidia",
+              flags=("--privileged", "--cap-add=SYS_ADMIN", "--security-opt", "seccomp=unconfined", "--shm-size=1g"))
+    argv = launch_argv(arm, spec, host_has_gpu=False, cdi=False)
+    image_at = _image_index(argv, "img")
+    assert argv[image_at - len(arm.run_flags):image_at] == list(arm.run_flags), "the arm's own flags, as written"
+    assert argv.count("--privileged") == 1 and "--cap-add=SYS_ADMIN" in argv
+    assert raised_privileges(arm.run_flags, arm.kind) == [
+        "--privileged (every capability and host device, no seccomp or AppArmor confinement)",
+        "--cap-add SYS_ADMIN (a capability beyond the engine's default set)",
+        "--security-opt seccomp=unconfined (confinement switched off)",
+    ]
+
+
+@pytest.mark.parametrize(("flags", "raised"), [
+    (["--ipc=host", "--ulimit", "memlock=-1", "--shm-size=8g", "--cpus=4", "--security-opt=no-new-privileges"], []),
+    (["--privileged=false", "-u", "1000:1000", "--pid=private", "-v", "/data:/data:ro",
+      "--mount", "type=bind,src=/d,dst=/d,readonly"], []),
+    (["--user=0"], ["--user 0 (root inside the container)"]),
+    (["-u", "root:root"], ["-u root:root (root inside the container)"]),
+    (["--pid", "host"], ["--pid host (the host's process namespace)"]),
+    (["-v", "/srv:/srv"], ["-v /srv:/srv (a writable host path)"]),
+    (["-v", "/var/run/docker.sock:/var/run/docker.sock:ro"],
+     ["-v /var/run/docker.sock:/var/run/docker.sock:ro (a writable host path)"]),
+    (["--device=/dev/kvm"], ["--device /dev/kvm (a host device beyond the GPUs)"]),
+    (["--security-opt", "apparmor=unconfined"], ["--security-opt apparmor=unconfined (confinement switched off)"]),
+    (["--fakeroot", "--bind", "/a:/a:ro,/b:/b"],
+     ["--fakeroot (root inside the container)", "--bind /a:/a:ro,/b:/b (a writable host path)"]),
+])
+def test_raised_privileges_reads_docker_and_apptainer_flags(flags, raised):
+    assert raised_privileges(flags, "container") == raised
+    assert raised_privileges(flags, "native") == []  # a native arm's flags launch nothing
 
 
 def test_root_runs_the_container_as_uid_1000(spec, as_user):
@@ -289,3 +348,69 @@ def test_a_real_launch_writes_only_into_the_run_dir(docker_image, tmp_path):
     assert not (REPO / "intruder.txt").exists()
     written = (workdir / "result.txt").read_text()
     assert written == str(1000 if os.geteuid() == 0 else os.getuid())
+
+
+#: bit numbers of Docker's default capabilities (linux/capability.h)
+CAP_BITS = {"CAP_CHOWN": 0, "CAP_DAC_OVERRIDE": 1, "CAP_FOWNER": 3, "CAP_FSETID": 4, "CAP_KILL": 5, "CAP_SETGID": 6,
+            "CAP_SETUID": 7, "CAP_SETPCAP": 8, "CAP_NET_BIND_SERVICE": 10, "CAP_NET_RAW": 13, "CAP_SYS_CHROOT": 18,
+            "CAP_SYS_NICE": 23, "CAP_MKNOD": 27, "CAP_AUDIT_WRITE": 29, "CAP_SETFCAP": 31}
+DOCKER_DEFAULT_MASK = sum(1 << CAP_BITS[name] for name in oci.DOCKER_DEFAULT_CAPS)
+#: what a confined container sees of itself, printed as one JSON line
+CONFINEMENT_PROBE = r"""
+import json, os, sys
+repo, run = sys.argv[1], sys.argv[2]
+status = dict(line.split(":", 1) for line in open("/proc/self/status").read().splitlines() if ":" in line)
+mounts = []
+for line in open("/proc/self/mountinfo"):
+    left, _, right = line.partition(" - ")
+    fields, tail = left.split(), right.split()
+    mounts.append({"point": fields[4], "options": fields[5], "fstype": tail[0]})
+def write(folder):
+    try:
+        with open(os.path.join(folder, "probe.txt"), "w") as handle:
+            handle.write("x")
+        os.unlink(os.path.join(folder, "probe.txt"))
+        return "ok"
+    except OSError as exc:
+        return exc.errno
+print(json.dumps({"uid": os.getuid(), "gid": os.getgid(), "euid": os.geteuid(),
+                  **{key: int(status[key].strip(), 16) for key in ("CapEff", "CapPrm", "CapAmb", "CapBnd")},
+                  "seccomp": status["Seccomp"].strip(), "no_new_privs": status["NoNewPrivs"].strip(),
+                  "mounts": mounts, "repo_write": write(repo), "run_write": write(run)}))
+"""
+#: filesystems of the container's own making (not a host folder)
+_CONTAINER_FS = {"overlay", "proc", "tmpfs", "devpts", "mqueue", "sysfs", "cgroup", "cgroup2", "shm", "fuse-overlayfs"}
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize(("arm_name", "extra_caps"), [("container", ()), ("asks-sys-nice", ("CAP_SYS_NICE",))])
+def test_a_real_container_is_confined(docker_image, tmp_path, arm_name, extra_caps):
+    """Seen from inside: the invoker's UID (1000 for root), no effective capability, a bounding set no
+    wider than Docker's default plus what the arm asks for, the default seccomp filter, the checkout
+    read-only and, of the host's folders, only the run directory writable. (The nvidia preset's argv is
+    checked above; its ``memlock=-1`` needs a daemon allowed to raise rlimits, which CI's is not.)"""
+    arm = BUILTIN_ARMS.get(arm_name) or Arm(arm_name, kind="container", engine="docker", image=docker_image,
+                                           flags=("--cap-add=SYS_NICE",))
+    run_dir, workdir = tmp_path / "run", tmp_path / "run" / "inv-0"
+    workdir.mkdir(parents=True)
+    engines.prepare_run_dir(run_dir, arm)
+    spec = LaunchSpec(argv=["python3", "-c", CONFINEMENT_PROBE, str(REPO), str(run_dir)], repo_dir=REPO,
+                      run_dir=run_dir, workdir=workdir, env={})
+    done = subprocess.run(launch_argv(arm, spec, host_has_gpu=False), capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    uid = 1000 if os.geteuid() == 0 else os.getuid()
+    assert (seen["uid"], seen["euid"], seen["gid"]) == (uid, uid, 1000 if os.geteuid() == 0 else os.getgid())
+    assert seen["CapEff"] == seen["CapPrm"] == seen["CapAmb"] == 0, "a non-root process holds no capability"
+    allowed = DOCKER_DEFAULT_MASK | sum(1 << CAP_BITS[name] for name in extra_caps)
+    assert seen["CapBnd"] & ~allowed == 0, f"bounding set {seen['CapBnd']:#x} exceeds {allowed:#x}"
+    for name in extra_caps:
+        assert seen["CapBnd"] & (1 << CAP_BITS[name]), f"{name} was asked for"
+    assert seen["seccomp"] == "2", "Docker's default seccomp filter applies"
+    assert seen["repo_write"] == 30 and seen["run_write"] == "ok"  # EROFS on the checkout
+    by_point = {mount["point"]: mount for mount in seen["mounts"]}
+    assert by_point[str(REPO)]["options"].split(",")[0] == "ro"
+    assert by_point[str(run_dir)]["options"].split(",")[0] == "rw"
+    host_writable = {m["point"] for m in seen["mounts"]
+                     if m["options"].split(",")[0] == "rw" and m["fstype"] not in _CONTAINER_FS}
+    assert host_writable <= {str(run_dir), "/etc/hosts", "/etc/hostname", "/etc/resolv.conf"}, host_writable
