@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -120,6 +121,55 @@ def test_graph_mode_without_a_gpu_is_skipped():
     if not torch.cuda.is_available():
         with pytest.raises(SkipCase, match="needs a GPU"):
             check_graph_matches_eager(device="auto")
+
+
+# --- fused Triton kernels (run in Triton's interpreter on the CPU) -----------------------------------
+
+FUSED_CHECK = """
+import json, sys
+from benchlib.llm.reference import check_fused_matches_torch
+print(json.dumps(check_fused_matches_torch("tiny", sys.argv[1], int(sys.argv[2]), 12, 3, device="cpu")))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed (make test installs it)")
+@pytest.mark.parametrize("dtype, batch", [("fp32", 1), ("fp32", 3), ("bf16", 2)])
+def test_fused_decode_kernels_match_the_pytorch_step(dtype: str, batch: int, repo: Path):
+    """The same kernels the GPU runs (norm+GEMV with SwiGLU/residual/argmax epilogues, decode attention),
+    executed by Triton's interpreter: teacher-forced logits against the op-by-op PyTorch step."""
+    import os
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", FUSED_CHECK, dtype, str(batch)], cwd=repo, capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "TRITON_INTERPRET": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    agreement = json.loads(done.stdout.strip().splitlines()[-1])
+    assert agreement["fused_argmax_exact"] and agreement["token_agreement"] == 1.0
+    if dtype == "fp32":  # same math, different summation order
+        assert agreement["max_rel_logit_error"] < 1e-5
+    else:  # rounded to bf16 at different points
+        assert agreement["max_rel_logit_error"] < 0.05 and agreement["min_cosine"] > 0.999
+
+
+def test_kernel_choice_follows_mode_device_and_batch():
+    from benchlib.llm import kernels
+    from benchlib.llm.reference import resolve_kernels
+
+    gpu = Device("cuda:0", "NVIDIA H100 80GB HBM3")
+    assert resolve_kernels(config(mode="eager"), CPU) == "torch"
+    assert resolve_kernels(config(kernels="torch", mode="graph", batch=1), gpu) == "torch"
+    assert resolve_kernels(config(mode="graph", batch=kernels.AUTO_MAX_BATCH + 1), gpu) == "torch"
+    assert resolve_kernels(config(mode="graph", batch=1, compile=True), gpu) == "torch"
+    expected = "triton" if kernels.available() is None else "torch"
+    assert resolve_kernels(config(mode="graph", batch=1), gpu) == expected
+    if kernels.available() is None:
+        with pytest.raises(RuntimeError, match="batch <= 8"):
+            resolve_kernels(config(kernels="triton", batch=9), gpu)
+        if os.environ.get("TRITON_INTERPRET") != "1":
+            with pytest.raises(SkipCase, match="needs a CUDA GPU"):
+                resolve_kernels(config(kernels="triton"), CPU)
 
 
 # --- timing arithmetic -----------------------------------------------------------------------------
@@ -356,7 +406,9 @@ def test_workload_runs_tiny_on_the_cpu_with_rooflines_from_stated_ceilings():
     ({"input_len": -1}, "'input_len'"), ({"output_len": 0}, "'output_len'"), ({"dtype": "fp8"}, "'dtype'"),
     ({"backend": "transformers", "mode": "graph"}, "'mode'"), ({"mode": "bench"}, "'mode'"),
     ({"backend": "transformers", "compile": True}, "'compile'"), ({"model_path": "/m"}, "'model_path'"),
-    ({"input_dist": "zipf"}, "'input_dist'"),
+    ({"input_dist": "zipf"}, "'input_dist'"), ({"kernels": "cuda"}, "'kernels'"),
+    ({"backend": "transformers", "kernels": "triton"}, "'kernels'"),
+    ({"compile": True, "kernels": "triton"}, "'kernels'"),
 ])
 def test_bad_params_name_the_file_and_the_key(values: dict, key: str):
     with pytest.raises(ParamsError) as info:

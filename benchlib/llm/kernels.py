@@ -159,12 +159,16 @@ class GemvConfig:
     num_warps: int = 4
 
 
-def default_config(norm: bool, residual: bool, swiglu: bool, batch: int) -> GemvConfig:
+def default_config(norm: bool, residual: bool, swiglu: bool, batch: int, argmax: bool = False) -> GemvConfig:
     """The fastest tiles measured per product at batch 1 on an H100 (benchmarks/tune_gemv.py, each
     product timed inside a CUDA graph, weights beyond L2): 1024-wide steps along K, two rows per
-    program for the norm-fed QKV and LM head, four for the residual products and SwiGLU."""
+    program for the norm-fed QKV and LM head, four for the residual products and SwiGLU. With the
+    argmax epilogue the LM head takes eight rows per program: the second-stage argmax over one
+    candidate per program (a single-block reduction) cost 21 us over 64k candidates."""
     if batch > 1:
         return GemvConfig(block_n=4, block_k=512)
+    if argmax:
+        return GemvConfig(block_n=8, block_k=1024, num_warps=4)
     if swiglu:
         return GemvConfig(block_n=4, block_k=1024, num_warps=4)
     if residual:
@@ -178,7 +182,7 @@ class Argmax:
     def __init__(self, batch: int, n: int, device):
         import torch
 
-        programs = -(-n // default_config(True, False, False, batch).block_n)
+        programs = -(-n // default_config(True, False, False, batch, argmax=True).block_n)
         self.best = torch.empty((batch, programs), device=device, dtype=torch.float32)
         self.index = torch.empty((batch, programs), device=device, dtype=torch.int64)
 
@@ -209,7 +213,7 @@ def gemv(x, weight, out, *, norm_weight=None, eps: float = 1e-5, residual: bool 
         raise ValueError("gemv needs contiguous x, weight and out")
     n = out.shape[1]
     gemv_kernel = _kernels()[0]
-    tiles = config or default_config(norm_weight is not None, residual, swiglu, batch)
+    tiles = config or default_config(norm_weight is not None, residual, swiglu, batch, argmax is not None)
     epilogue = EPILOGUE_SWIGLU if swiglu else EPILOGUE_RESIDUAL if residual else EPILOGUE_NONE
     programs = triton.cdiv(n, tiles.block_n)
     if argmax is not None and argmax.best.shape != (batch, programs):
