@@ -5,8 +5,8 @@ Suites name arms either by a built-in name (``native``, ``container``, ...) or b
 the fields of :class:`Arm` plus ``extends`` (a built-in arm to start from), validated against
 :class:`ArmSpec`: unknown keys, wrong types, an unknown kind, engine, preset or ``extends``, a
 container arm without an image and flags that are not one list item each are refused in one sentence
-naming the file and key. An arm's name becomes a folder of the run, so it is letters, digits, ``.``,
-``_`` and ``-``.
+naming the file and key. An arm's name becomes a folder of the run, so it is 1-64 characters, not
+``.`` or ``..``, without ``/``, ``\\`` or control characters; whatever else it holds is escaped where shown.
 """
 from __future__ import annotations
 
@@ -38,7 +38,9 @@ PRESETS: dict[str, tuple[str, ...]] = {
 }
 
 
-ARM_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+#: An arm's name becomes a folder of the run: 1-64 characters, not '.' or '..', no '/', '\' or control
+#: characters. Anything else (markup included) is allowed and escaped wherever it is shown.
+ARM_NAME_PATTERN = r"^[^/\\\x00-\x1f\x7f]{1,64}$"  # '.' and '..' are refused by _validate
 
 
 class ArmSpec(BaseModel):
@@ -47,8 +49,8 @@ class ArmSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     name: str = Field(pattern=ARM_NAME_PATTERN,
-                      description="a folder name of up to 64 letters, digits, '.', '_' or '-' (not starting with "
-                                  "'.', '_' or '-')")
+                      description="a folder name of 1 to 64 characters, not '.' or '..', without '/', '\\' or "
+                                  "control characters")
     extends: str | None = None  # a built-in arm whose fields this one starts from
     kind: Literal["native", "container", "isolated", "rootfs"] | None = None
     engine: str | None = None
