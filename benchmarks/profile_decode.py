@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchlib.device import resolve_device  # noqa: E402
 from benchlib.llm import SHAPES, BackendConfig, InputSpec  # noqa: E402
-from benchlib.llm.reference import ReferenceBackend  # noqa: E402
+from benchlib.llm.reference import ReferenceBackend, prompt_tensors  # noqa: E402
 
 
 def main() -> int:
@@ -38,10 +38,9 @@ def main() -> int:
     config = BackendConfig("reference", shape, "bf16", "graph", args.batch, 128, args.steps + 8, 42,
                            kernels=args.kernels)
     backend = ReferenceBackend(config, device)
-    tokens, lengths = InputSpec(args.batch, 128, args.steps + 8, shape.vocab, seed=42).batch_at(0).padded()[0], None
     with torch.inference_mode():
-        prompts = torch.from_numpy(tokens).cuda()
-        backend.session.prefill(prompts, torch.full((args.batch,), 128, device="cuda"))
+        backend.session.prefill(*prompt_tensors(InputSpec(args.batch, 128, args.steps + 8, shape.vocab, seed=42)
+                                                .batch_at(0), device.torch_device))
         for _ in range(3):
             backend.step()
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)

@@ -64,6 +64,14 @@ class _HostClock:
         return (self.times[:count] - self.begin) / 1e9
 
 
+def prompt_tensors(batch: Batch, torch_device: str) -> tuple[Any, Any]:
+    """A batch's right-padded prompt ids ``[batch, length]`` and their lengths, on ``torch_device``."""
+    import torch
+
+    tokens, _ = batch.padded()
+    return torch.from_numpy(tokens).to(torch_device), torch.from_numpy(batch.lengths).to(torch_device)
+
+
 def resolve_kernels(config: BackendConfig, device: Device) -> str:
     """``triton`` or ``torch`` for the decode step. ``auto`` fuses where fusion is what the regime
     measures: a CUDA graph at batch <= kernels.AUTO_MAX_BATCH without torch.compile, Triton importable.
@@ -131,10 +139,8 @@ class ReferenceBackend(Backend):
 
     def generate(self, batch: Batch) -> GenerationResult:
         torch = self.torch
-        tokens, _ = batch.padded()
         with torch.inference_mode():
-            prompts = torch.from_numpy(tokens).to(self.device.torch_device)
-            lengths = torch.from_numpy(batch.lengths).to(self.device.torch_device)
+            prompts, lengths = prompt_tensors(batch, self.device.torch_device)
             if self.device.is_cuda:
                 torch.cuda.synchronize(self.device.torch_device)
             start_ns = time.time_ns()
@@ -204,10 +210,8 @@ def check_fused_matches_torch(shape: str = "llama-1b", dtype: str = "bf16", batc
     target = resolve_device(device)
     model = ReferenceModel(SHAPES[shape], dtype, target.torch_device, seed)
     prompts = InputSpec(batch, input_len, steps + 1, SHAPES[shape].vocab, seed=seed).batch_at(0)
-    tokens, _ = prompts.padded()
     with torch.inference_mode():
-        tokens = torch.from_numpy(tokens).to(target.torch_device)
-        lengths = torch.from_numpy(prompts.lengths).to(target.torch_device)
+        tokens, lengths = prompt_tensors(prompts, target.torch_device)
         plain, fused = (Session(model, batch, input_len + steps + 1, steps + 1, fused=f) for f in (False, True))
         for session in (plain, fused):
             session.prefill(tokens, lengths)

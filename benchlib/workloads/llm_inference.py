@@ -20,6 +20,7 @@ from pydantic import Field, ValidationInfo, field_validator
 from .. import ceilings
 from ..device import Device
 from ..llm import SHAPES, BackendConfig, InputSpec, make_backend, run_scenario
+from ..llm.base import Kernels
 from ..llm.metrics import Ceilings, ScenarioInfo, scenario_metrics
 from ..llm.model import ModelShape, shape_from_hf_config
 from ..params import CommonParams
@@ -43,7 +44,7 @@ class LlmParams(CommonParams):
     compile: bool = False  # torch.compile the reference decode step
     # the reference decode step's kernels: auto = fused Triton kernels for a CUDA graph at batch <= 8
     # when Triton is importable, else PyTorch ops; triton / torch force one (see benchlib/llm/kernels.py)
-    kernels: Literal["auto", "triton", "torch"] = "auto"
+    kernels: Kernels = "auto"
     model_path: str | None = None  # tensorrt-llm: a Hugging Face checkpoint directory instead of random weights
     mem_bw_gbs: float | None = Field(None, gt=0)  # a measured bandwidth for the decode roofline
     peak_tflops: float | None = Field(None, gt=0)  # a stated peak for the prefill roofline
