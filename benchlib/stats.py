@@ -315,6 +315,13 @@ def _row_rng(seed: int, key: Sequence[object]) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32("\x1f".join(map(str, key)).encode())])
 
 
+def _percentile_ci(replicates: np.ndarray) -> tuple[float, float]:
+    """The CONFIDENCE percentile interval of bootstrap replicates of a ratio."""
+    tail = (1 - CONFIDENCE) / 2 * 100
+    low, high = np.percentile(replicates, [tail, 100 - tail])
+    return low, high
+
+
 def _compare_one(
     sampler: _MedianSampler, medians: np.ndarray, arm: np.ndarray, base: np.ndarray,
     margin: float, n_boot: int, rng: np.random.Generator,
@@ -327,8 +334,7 @@ def _compare_one(
     if min(arm.size, base.size) >= MIN_INVOCATIONS:
         with np.errstate(divide="ignore", invalid="ignore"):  # a zero baseline: the verdict says so
             boot = sampler.hierarchical(arm, n_boot, rng) / sampler.hierarchical(base, n_boot, rng)
-        tail = (1 - CONFIDENCE) / 2 * 100
-        ci_low, ci_high = np.percentile(boot, [tail, 100 - tail])
+        ci_low, ci_high = _percentile_ci(boot)
     p_welch, p_mwu, p_tost = _secondary_tests(med_arm, med_base, margin)
     with np.errstate(divide="ignore", invalid="ignore"):
         return {
@@ -492,8 +498,7 @@ def _effect_row(effect: str, stat: dict[str, float], boot: dict[str, np.ndarray]
     ci_low = ci_high = np.nan
     if all(r in boot for r in over + under):
         replicates = np.prod([boot[r] for r in over], axis=0) / np.prod([boot[r] for r in under], axis=0)
-        tail = (1 - CONFIDENCE) / 2 * 100
-        ci_low, ci_high = np.percentile(replicates, [tail, 100 - tail])
+        ci_low, ci_high = _percentile_ci(replicates)
     ends = np.sort(overhead_from_ratio([ci_low, ci_high], higher))
     return {
         "effect": effect, "n_inv_min": min(counts[r] for r in over + under), "ratio": ratio,
