@@ -12,8 +12,10 @@ Run on a GPU, in one process (about 3-5 minutes on an H100):
    TTFT, and the fraction of the roofline (weights + KV at the mean context per step / TPOT /
    bandwidth), against the measured and the datasheet bandwidth. Target: graph >= 70 % of the
    measured-bandwidth roofline at batch 1.
-3. The graph decode at batch 8 and 32 (throughput).
-4. Graph vs eager: the same weights and prompts must give the same greedy tokens.
+3. The fused kernels without programmatic dependent launch, to show what the overlap buys.
+4. The graph decode at batch 8 and 32 (throughput).
+5. Graph vs eager: the same weights and prompts must give the same greedy tokens; the fused kernels
+   against the PyTorch ops, teacher-forced, at batch 1 and 4 and with a 2048-token prompt.
 
 Prints a table and, with ``--json``, writes the figures. ``--cpu-smoke`` runs the tiny shape on the
 CPU (eager and transformers only; the bandwidth is a host copy) to check that the script works.
@@ -44,6 +46,7 @@ from benchlib.timer import TimerConfig  # noqa: E402
 
 COPY_BYTES = 1 << 30
 TARGET_FRACTION = 0.70
+LONG_PROMPT = 2048  # T3's prompt: the fused attention splits its 2.1k positions over 5 programs per head
 
 
 @dataclass(frozen=True)
@@ -116,17 +119,22 @@ def run_cases(device: Device, setup: Setup, args: argparse.Namespace, bandwidths
         except Exception as exc:  # one failing variant (e.g. compile) must not hide the others
             rows.append({"case": label, "batch": batch, "error": f"{type(exc).__name__}: {exc}"[:300]})
 
-    def reference(mode: str, batch: int, compile_step: bool = False, kernels: str = "auto") -> None:
+    def reference(mode: str, batch: int, compile_step: bool = False, kernels: str = "auto",
+                  overlap: bool | None = None) -> None:
         config = setup.config("reference", mode, batch, compile_step, kernels)
-        label = f"reference {mode}{' + compile' if compile_step else ''}{'' if kernels == 'auto' else ' ' + kernels} b{batch}"
+        label = (f"reference {mode}{' + compile' if compile_step else ''}{'' if kernels == 'auto' else ' ' + kernels}"
+                 f"{' no-PDL' if overlap is False else ''} b{batch}")
         gens = args.gens if mode == "graph" else args.slow_gens
-        case(label, lambda: ReferenceBackend(config, device, model), batch, gens)
+        case(label, lambda: ReferenceBackend(config, device, model, overlap), batch, gens)
 
     if device.is_cuda:
         reference("graph", 1)  # auto: the fused Triton kernels where Triton is importable
+        reference("graph", 1, kernels="triton", overlap=False)  # the same without programmatic dependent launch
         reference("graph", 1, kernels="torch")
         if args.compile:
             reference("graph", 1, compile_step=True, kernels="torch")
+        if args.graph_b1_only:
+            return rows
     reference("eager", 1)
     case("transformers generate b1", lambda: make_backend(setup.config("transformers", "eager", 1), device), 1,
          args.slow_gens)
@@ -170,6 +178,8 @@ def main() -> int:
     parser.add_argument("--gens", type=int, default=10, help="measured generations per graph case")
     parser.add_argument("--slow-gens", type=int, default=2, help="measured generations for eager and transformers")
     parser.add_argument("--cpu-smoke", action="store_true")
+    parser.add_argument("--graph-b1-only", action="store_true",
+                        help="only the batch-1 graph cases and the checks (a minute; for kernel work)")
     args = parser.parse_args()
 
     import torch
@@ -192,6 +202,9 @@ def main() -> int:
             f"b{batch}": check_fused_matches_torch(setup.shape, setup.dtype, batch, setup.input_len, 64)
             for batch in (1, 4)
         }
+        # a context long enough for the attention to be split over programs and merged
+        figures["fused_matches_torch"][f"b1, {LONG_PROMPT}-token prompt"] = check_fused_matches_torch(
+            setup.shape, setup.dtype, 1, LONG_PROMPT, 32)
     print_table(figures)
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2, default=str))

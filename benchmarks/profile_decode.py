@@ -2,12 +2,15 @@
 
 Run on a GPU (under a minute):
 
-    python benchmarks/profile_decode.py [--kernels triton|torch] [--batch 1] [--steps 20]
+    python benchmarks/profile_decode.py [--kernels triton|torch] [--batch 1] [--steps 20] [--no-overlap]
 
 Captures the decode step of the Llama 3.2 1B shape (bf16, 128-token prompt) in a CUDA graph like
 the benchmark does, replays it ``--steps`` times under ``torch.profiler`` and prints the GPU time
 per step by kernel name, with each kernel's count per step, and the step's wall time from CUDA
-events (the sum of kernel times is below it by the gaps between kernels).
+events (the sum of kernel times is below it by the gaps between kernels). With the fused kernels'
+programmatic dependent launch, a kernel starts while its predecessor drains and its time includes
+that wait, so the times overlap and their sum exceeds the wall time; ``--no-overlap`` launches
+them one after another, for per-kernel times that add up.
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ def main() -> int:
     parser.add_argument("--kernels", default="triton", choices=["triton", "torch"])
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--no-overlap", action="store_true", help="no programmatic dependent launch")
     args = parser.parse_args()
 
     import torch
@@ -37,7 +41,7 @@ def main() -> int:
     shape = SHAPES["llama-1b"]
     config = BackendConfig("reference", shape, "bf16", "graph", args.batch, 128, args.steps + 8, 42,
                            kernels=args.kernels)
-    backend = ReferenceBackend(config, device)
+    backend = ReferenceBackend(config, device, overlap=False if args.no_overlap else None)
     with torch.inference_mode():
         backend.session.prefill(*prompt_tensors(InputSpec(args.batch, 128, args.steps + 8, shape.vocab, seed=42)
                                                 .batch_at(0), device.torch_device))
@@ -58,7 +62,7 @@ def main() -> int:
             totals[event.name][0] += event.device_time / args.steps
             totals[event.name][1] += 1 / args.steps
     kernel_us = sum(total for total, _ in totals.values())
-    print(f"{args.kernels} kernels, batch {args.batch}: step {step_us:.1f} us wall (CUDA events), "
+    print(f"{args.kernels} kernels{' with overlap' if backend.session.overlap else ''}, batch {args.batch}: step {step_us:.1f} us wall (CUDA events), "
           f"{kernel_us:.1f} us in kernels, {sum(n for _, n in totals.values()):.0f} kernels per step")
     for name, (total, count) in sorted(totals.items(), key=lambda item: -item[1][0])[:15]:
         print(f"{total:8.1f} us  {count:5.0f}x  {name[:100]}")

@@ -10,7 +10,9 @@ gate/up with RMSNorm and SwiGLU, down with the residual add) and the LM head, it
 ``torch.matmul`` (cuBLAS), and prints the weight-read bandwidth of each. Timing is what a decode
 step sees: many calls captured in one CUDA graph (so Python's launch cost is not in it), each on
 its own copy of the weight so that 256 MB or more stream through and the 50 MB L2 cannot serve
-them; the median of 10 replays, per call. The default
+them; the median of 10 replays, per call. With ``--overlap`` the calls are launched with
+programmatic dependent launch, as the decode step launches them, so each overlaps its
+predecessor's drain (consecutive calls are the same product here, other products in the step). The default
 configuration (``kernels.default_config``) is marked; the best one per product is what to set it to.
 """
 from __future__ import annotations
@@ -25,9 +27,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchlib.llm import SHAPES  # noqa: E402
-from benchlib.llm.kernels import GemvConfig, default_config, gemv  # noqa: E402
+from benchlib.llm.kernels import Argmax, GemvConfig, default_config, finish_step_, gemv  # noqa: E402
 
-BLOCK_N, BLOCK_K, WARPS = (2, 4, 8, 16), (256, 512, 1024), (2, 4, 8)
+BLOCK_N, BLOCK_K, WARPS = (2, 4, 8, 16), (256, 512, 1024, 2048), (2, 4, 8)
 STREAM_BYTES = 256 << 20  # weight bytes streamed per replay: over 5x an H100's L2
 
 
@@ -40,6 +42,7 @@ def products(shape) -> list[tuple[str, int, int, dict]]:
         ("gate_up+norm+swiglu", shape.intermediate, shape.hidden, {"norm": True, "swiglu": True}),
         ("down+residual", shape.hidden, shape.intermediate, {"residual": True}),
         ("lm_head+norm", shape.vocab, shape.hidden, {"norm": True}),
+        ("lm_head+norm+argmax", shape.vocab, shape.hidden, {"norm": True, "argmax": True}),
     ]
 
 
@@ -76,34 +79,50 @@ def make_operands(torch, batch: int, n: int, k: int, flags: dict) -> dict:
         "out": torch.zeros(batch, n, device="cuda", dtype=torch.bfloat16),
         "wide": torch.empty(batch, rows, device="cuda", dtype=torch.bfloat16),
         "norm": torch.ones(k, device="cuda", dtype=torch.bfloat16) if flags.get("norm") else None,
+        # the greedy token's bookkeeping (finish_step_): tokens, positions, step counter, outputs
+        "step_buffers": (torch.zeros(batch, dtype=torch.long, device="cuda"),
+                         torch.zeros(batch, dtype=torch.long, device="cuda"),
+                         torch.zeros(1, dtype=torch.long, device="cuda"),
+                         torch.zeros(batch, 1 << 16, dtype=torch.long, device="cuda")),
     }
 
 
-def time_product(torch, ops: dict, flags: dict, config: GemvConfig | None) -> float:
-    x, out = ops["x"], ops["out"]
+def time_product(torch, ops: dict, flags: dict, config: GemvConfig | None, overlap: bool = False) -> float:
+    """Seconds per product; with ``argmax`` it includes the greedy token (cuBLAS: ``torch.argmax``)."""
+    x, out, greedy = ops["x"], ops["out"], flags.get("argmax", False)
     if config is None:
-        calls = [lambda w=w: torch.matmul(x, w.t(), out=ops["wide"]) for w in ops["weights"]]
+        def call(w):
+            torch.matmul(x, w.t(), out=ops["wide"])
+            if greedy:
+                ops["wide"].argmax(dim=-1)
     else:
-        calls = [lambda w=w: gemv(x, w, out, norm_weight=ops["norm"], residual=flags.get("residual", False),
-                                  swiglu=flags.get("swiglu", False), config=config) for w in ops["weights"]]
-    return graph_seconds(torch, calls)
+        argmax = Argmax(x.shape[0], out.shape[1], "cuda", config) if greedy else None
+
+        def call(w):
+            gemv(x, w, out, norm_weight=ops["norm"], residual=flags.get("residual", False),
+                 swiglu=flags.get("swiglu", False), argmax=argmax, config=config, overlap=overlap)
+            if greedy:
+                finish_step_(argmax, *ops["step_buffers"], overlap=overlap)
+    return graph_seconds(torch, [lambda w=w: call(w) for w in ops["weights"]])
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", default="llama-1b", choices=sorted(SHAPES))
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--overlap", action="store_true", help="launch with programmatic dependent launch")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
     import torch
 
     shape, rows = SHAPES[args.shape], []
-    print(f"{torch.cuda.get_device_name()}  {args.shape} bf16; GB/s = weight bytes read / median time")
+    print(f"{torch.cuda.get_device_name()}  {args.shape} bf16; GB/s = weight bytes read / median time"
+          f"{'; programmatic dependent launch' if args.overlap else ''}")
     for batch, (name, n, k, flags) in itertools.product(args.batch, products(shape)):
         weight_bytes = (2 * n if flags.get("swiglu") else n) * k * 2
         default = default_config(bool(flags.get("norm")), bool(flags.get("residual")), bool(flags.get("swiglu")),
-                                 batch)
+                                 batch, bool(flags.get("argmax")), args.overlap)
         ops = make_operands(torch, batch, n, k, flags)
         cublas = time_product(torch, ops, flags, None)
         timings = []
@@ -112,7 +131,7 @@ def main() -> int:
                 continue
             config = GemvConfig(block_n, block_k, warps)
             try:
-                timings.append((time_product(torch, ops, flags, config), config))
+                timings.append((time_product(torch, ops, flags, config, args.overlap), config))
             except Exception as exc:  # a tile the compiler refuses is skipped, not fatal
                 print(f"  {config}: {type(exc).__name__}")
         best_s, best = min(timings, key=lambda item: item[0])

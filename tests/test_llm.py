@@ -153,6 +153,98 @@ def test_fused_decode_kernels_match_the_pytorch_step(dtype: str, batch: int, rep
         assert agreement["max_rel_logit_error"] < 0.05 and agreement["min_cosine"] > 0.999
 
 
+KERNEL_CHECK = """
+import json, torch
+import torch.nn.functional as F
+from benchlib.llm import SHAPES
+from benchlib.llm.kernels import Argmax, GemvConfig, decode_attention_, finish_step_
+from benchlib.llm.model import ReferenceModel, rotate_
+
+# attention over more positions than one block: blocks of 4 slots, rows at positions 3 and 13
+shape = SHAPES["tiny"]
+heads, kv_heads, d, max_seq = shape.heads, shape.kv_heads, shape.head_dim, 16
+generator = torch.Generator().manual_seed(3)
+qkv = torch.randn(2, heads + 2 * kv_heads, d, generator=generator)
+cache = torch.randn(2, 2 * kv_heads, max_seq, d, generator=generator)
+pos = torch.tensor([3, 13])
+cos, sin = ReferenceModel(shape, "fp32", "cpu", 0).rope_tables(max_seq)
+out = torch.zeros(2, heads * d)
+expected_cache, rotated = cache.clone(), qkv.clone()
+rotate_(rotated[:, : heads + kv_heads], cos[pos][:, None], sin[pos][:, None])
+expected = torch.empty(2, heads, d)
+for row, p in enumerate(pos.tolist()):
+    expected_cache[row, :, p] = rotated[row, heads:]
+    for head in range(heads):
+        keys = expected_cache[row, head % kv_heads, : p + 1]
+        values = expected_cache[row, kv_heads + head % kv_heads, : p + 1]
+        weights = F.softmax(keys @ rotated[row, head] * d ** -0.5, dim=0)
+        expected[row, head] = weights @ values
+errors = {}
+for splits in (1, 2):  # one program walking 4 blocks; two splits of 8 slots (row 0's second one empty), merged
+    partials = torch.empty(2, heads, splits, d + 2) if splits > 1 else None
+    written = cache.clone()
+    decode_attention_(qkv, cos, sin, pos, written, out, heads, kv_heads, partials=partials, split_len=8, block_s=4)
+    errors[f"attention_{splits}"] = float((out.view(2, heads, d) - expected).abs().max())
+    errors[f"cache_{splits}"] = float((written - expected_cache).abs().max())
+
+# the step's end: the largest candidate wins, the first on a tie
+argmax = Argmax(2, 16, "cpu", GemvConfig(block_n=4, block_k=16))  # 4 candidates per row
+argmax.best[:] = torch.tensor([[1.0, 3.0, 3.0, 2.0], [0.0, -1.0, 0.5, 0.5]])
+argmax.index[:] = torch.tensor([[10, 20, 30, 40], [5, 6, 7, 8]])
+tokens, positions, step, generated = torch.zeros(2, dtype=torch.long), torch.tensor([3, 13]), torch.tensor([2]), torch.zeros(2, 4, dtype=torch.long)
+finish_step_(argmax, tokens, positions, step, generated)
+print(json.dumps({**errors, "tokens": tokens.tolist(),
+                  "positions": positions.tolist(), "step": step.tolist(), "generated": generated.tolist()}))
+"""
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed (make test installs it)")
+def test_decode_attention_over_several_blocks_and_the_step_end(repo: Path):
+    """In Triton's interpreter: attention whose context spans several cache blocks (the block read
+    before the wait, then the loop), walked by one program and split over two (one of them empty for
+    the shorter row) and merged, against softmax attention in PyTorch, with the new key and value
+    stored at the row's position; and the step-end kernel's token choice (first on a tie) and counters."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", KERNEL_CHECK], cwd=repo, capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "TRITON_INTERPRET": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    for splits in (1, 2):
+        assert result[f"attention_{splits}"] < 1e-5 and result[f"cache_{splits}"] < 1e-6, result
+    assert result["tokens"] == [20, 7] and result["positions"] == [4, 14] and result["step"] == [3]
+    assert result["generated"] == [[0, 0, 20, 0], [0, 0, 7, 0]]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed (make test installs it)")
+def test_overlapped_kernels_read_their_first_weight_tile_before_waiting():
+    """Compiled for an H100 (sm_90, no GPU needed): in the PTX of the SwiGLU product launched with
+    programmatic dependent launch, the first tile's weight loads come before ``griddepcontrol.wait``
+    and every activation load after it; on the CPU nothing asks for the overlap."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from benchlib.llm import _triton_kernels, kernels
+
+    pointers = {"x_ptr": "*bf16", "w_ptr": "*bf16", "out_ptr": "*bf16", "norm_ptr": "*bf16", "res_ptr": "*bf16",
+                "best_ptr": "*fp32", "best_index_ptr": "*i64"}
+    tiles = {"B": 1, "BLOCK_B": 1, "BLOCK_N": 4, "BLOCK_K": 1024, "NORM": True, "EPILOGUE": 2, "ARGMAX": False,
+             "OVERLAP": True}
+    signature = {**pointers, "N": "i32", "K": "i32", "eps": "fp32", **{name: "constexpr" for name in tiles}}
+    compiled = triton.compile(ASTSource(_triton_kernels.gemv_kernel, signature, constexprs=tiles),
+                              target=GPUTarget("cuda", 90, 32), options={"num_warps": 4, "launch_pdl": True})
+    lines = compiled.asm["ptx"].splitlines()
+    wait = next(i for i, line in enumerate(lines) if "griddepcontrol.wait" in line)
+    loads = [i for i, line in enumerate(lines) if "ld.global" in line]
+    # 4 gate + 4 up rows x 1024 bf16 over 128 threads, one element per load unhinted: 64 loads early
+    assert sum(i < wait for i in loads) == 2 * 4 * 1024 // 128
+    assert any("griddepcontrol.launch_dependents" in line for line in lines[wait:])
+    assert kernels.overlap_unavailable("cpu") is not None
+    assert not Session(ReferenceModel(TINY, "fp32", "cpu", 0), 1, 16, 4, fused=True).overlap
+
+
 def test_kernel_choice_follows_mode_device_and_batch():
     from benchlib.llm import kernels
     from benchlib.llm.reference import resolve_kernels

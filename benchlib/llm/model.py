@@ -228,11 +228,13 @@ class Session:
     """Static buffers for one batch size: KV cache, tokens, positions, step counter, outputs."""
 
     def __init__(self, model: ReferenceModel, batch: int, max_tokens: int, max_new_tokens: int,
-                 fused: bool = False):
+                 fused: bool = False, overlap: bool | None = None):
+        """``fused``: the decode step through :mod:`benchlib.llm.kernels`; ``overlap``: their
+        programmatic dependent launch (None: wherever :func:`kernels.overlap_unavailable` allows)."""
         import torch
 
         s, device = model.shape, model.device
-        self.model, self.batch, self.fused = model, batch, fused
+        self.model, self.batch, self.fused, self.overlap = model, batch, fused, False
         self.max_seq = aligned_seq_len(max_tokens)
         dtype = torch_dtype(model.dtype)
         self.kv = torch.zeros((s.layers, batch, 2 * s.kv_heads, self.max_seq, s.head_dim), device=device, dtype=dtype)
@@ -251,9 +253,14 @@ class Session:
             self.qkv = torch.zeros((batch, (s.heads + 2 * s.kv_heads) * s.head_dim), device=device, dtype=dtype)
             self.mlp_hidden = torch.zeros((batch, s.intermediate), device=device, dtype=dtype)
             self.attention_out = torch.zeros((batch, s.heads * s.head_dim), device=device, dtype=dtype)
-            from .kernels import Argmax
+            from .kernels import Argmax, attention_splits, default_config, overlap_unavailable
 
-            self.argmax = Argmax(batch, s.vocab, device)
+            splits = attention_splits(self.max_seq)  # the attention's per-split softmax states, when split
+            self.attention_partials = torch.empty((batch, s.heads, splits, s.head_dim + 2), device=device,
+                                                  dtype=torch.float32) if splits > 1 else None
+            self.overlap = overlap_unavailable(device) is None if overlap is None else overlap
+            head_tiles = default_config(True, False, False, batch, argmax=True, overlap=self.overlap)
+            self.argmax = Argmax(batch, s.vocab, device, head_tiles)
 
     @property
     def k_cache(self):
@@ -296,12 +303,14 @@ class Session:
         model, s, batch = self.model, self.model.shape, self.batch
         x = F.embedding(self.tokens, model.embed)  # [batch, hidden]
         if self.fused:
+            from .kernels import finish_step_
+
             self._fused_layers(x)
-            token = self.argmax.tokens()
-        else:
-            mask = torch.where(self.positions[None, :] <= self.pos[:, None], *self.mask_values)[:, None, None, :]
-            self._torch_layers(x, mask)
-            token = self.logits.argmax(dim=-1)
+            finish_step_(self.argmax, self.tokens, self.pos, self.step, self.out, self.overlap)
+            return
+        mask = torch.where(self.positions[None, :] <= self.pos[:, None], *self.mask_values)[:, None, None, :]
+        self._torch_layers(x, mask)
+        token = self.logits.argmax(dim=-1)
         self.out.index_copy_(1, self.step, token[:, None])
         self.tokens.copy_(token)
         self.pos.add_(1)
@@ -320,18 +329,21 @@ class Session:
         return attention.transpose(1, 2).reshape(batch, s.heads * s.head_dim)
 
     def _fused_layers(self, x) -> None:
-        """The layers and the LM head through :mod:`benchlib.llm.kernels`: five launches per layer."""
+        """The layers and the LM head through :mod:`benchlib.llm.kernels`: five launches per layer (six with split attention)."""
         from . import kernels
 
         model, s, batch = self.model, self.model.shape, self.batch
-        eps, qkv = s.norm_eps, self.qkv.view(batch, s.heads + 2 * s.kv_heads, s.head_dim)
+        eps, qkv, overlap = s.norm_eps, self.qkv.view(batch, s.heads + 2 * s.kv_heads, s.head_dim), self.overlap
         for layer, cache in zip(model.layers, self.kv_layers):
-            kernels.gemv(x, layer.qkv, self.qkv, norm_weight=layer.attn_norm, eps=eps)
-            kernels.decode_attention_(qkv, *self.rope, self.pos, cache, self.attention_out, s.heads, s.kv_heads)
-            kernels.gemv(self.attention_out, layer.o, x, residual=True)
-            kernels.gemv(x, layer.gate_up, self.mlp_hidden, norm_weight=layer.mlp_norm, eps=eps, swiglu=True)
-            kernels.gemv(self.mlp_hidden, layer.down, x, residual=True)
-        kernels.gemv(x, model.lm_head, self.logits, norm_weight=model.final_norm, eps=eps, argmax=self.argmax)
+            kernels.gemv(x, layer.qkv, self.qkv, norm_weight=layer.attn_norm, eps=eps, overlap=overlap)
+            kernels.decode_attention_(qkv, *self.rope, self.pos, cache, self.attention_out, s.heads, s.kv_heads,
+                                      partials=self.attention_partials, overlap=overlap)
+            kernels.gemv(self.attention_out, layer.o, x, residual=True, overlap=overlap)
+            kernels.gemv(x, layer.gate_up, self.mlp_hidden, norm_weight=layer.mlp_norm, eps=eps, swiglu=True,
+                         overlap=overlap)
+            kernels.gemv(self.mlp_hidden, layer.down, x, residual=True, overlap=overlap)
+        kernels.gemv(x, model.lm_head, self.logits, norm_weight=model.final_norm, eps=eps, argmax=self.argmax,
+                     overlap=overlap)
 
     def _torch_layers(self, x, mask) -> None:
         """The layers and the LM head op by op in PyTorch: about 15 kernels per layer."""

@@ -114,7 +114,9 @@ def capture_graph(step: Callable[[], None]):
 class ReferenceBackend(Backend):
     """Static-batch generation with the reference model; every request of a batch shares one timeline."""
 
-    def __init__(self, config: BackendConfig, device: Device, model: ReferenceModel | None = None):
+    def __init__(self, config: BackendConfig, device: Device, model: ReferenceModel | None = None,
+                 overlap: bool | None = None):
+        """``overlap``: the fused kernels' programmatic dependent launch (None: where supported)."""
         import torch
 
         if config.mode == "graph" and not device.is_cuda:
@@ -123,7 +125,7 @@ class ReferenceBackend(Backend):
         self.model = model or ReferenceModel(config.shape, config.dtype, device.torch_device, config.seed)
         self.kernels = resolve_kernels(config, device)
         self.session = Session(self.model, config.batch, config.max_tokens, config.output_len,
-                               fused=self.kernels == "triton")
+                               fused=self.kernels == "triton", overlap=overlap)
         self.kv_cache_bytes = self.session.kv_bytes
         step = self.session.decode_step
         if config.compile:
@@ -135,6 +137,8 @@ class ReferenceBackend(Backend):
         how = "CUDA graph replay" if config.mode == "graph" else "eager step"
         per_token = "cuda_event per decode step" if device.is_cuda else "perf_counter per decode step"
         ops = "fused Triton kernels" if self.kernels == "triton" else "PyTorch ops"
+        if self.session.overlap:
+            ops += " with programmatic dependent launch"
         self.clock = f"{per_token} ({how}, {ops}{', torch.compile' if config.compile else ''}); prefill eager"
 
     def generate(self, batch: Batch) -> GenerationResult:
