@@ -48,10 +48,15 @@ MAX_BATCH = 8
 #: so batches above 1 keep cuBLAS; a tensor-core (``tl.dot``) variant would be the way to fuse them.
 AUTO_MAX_BATCH = 1
 EPILOGUE_NONE, EPILOGUE_RESIDUAL, EPILOGUE_SWIGLU = 0, 1, 2
-#: Cache positions per attention program. Up to this many (the 1B benchmark's 384) one program per
-#: query head walks the cache; beyond, the positions are split over programs and merged (T3's
-#: 2.5k-token context took 2.5 ms per step with one program walking 20 blocks of 128).
-ATTENTION_SPLIT_LEN = 512
+#: Cache positions per attention program: one 128-slot block, read before the program waits for
+#: the QKV product; the programs' softmax states are then merged by a second launch. Measured on an
+#: H100 (benchmarks/attention_split.py, 1B shape, batch 1, mean step in ms):
+#:
+#:   in / out     split 128   256     512     one program per head
+#:   128 / 256    1.064       1.123   1.115   1.116
+#:   512 / 128    1.077       1.142   1.288   1.302
+#:   2048 / 512   1.141       1.165   1.320   2.340
+ATTENTION_SPLIT_LEN = 128
 
 
 def available() -> str | None:

@@ -228,9 +228,10 @@ class Session:
     """Static buffers for one batch size: KV cache, tokens, positions, step counter, outputs."""
 
     def __init__(self, model: ReferenceModel, batch: int, max_tokens: int, max_new_tokens: int,
-                 fused: bool = False, overlap: bool | None = None):
+                 fused: bool = False, overlap: bool | None = None, attention_split_len: int | None = None):
         """``fused``: the decode step through :mod:`benchlib.llm.kernels`; ``overlap``: their
-        programmatic dependent launch (None: wherever :func:`kernels.overlap_unavailable` allows)."""
+        programmatic dependent launch (None: wherever :func:`kernels.overlap_unavailable` allows);
+        ``attention_split_len``: cache positions per attention program (None: the kernels' default)."""
         import torch
 
         s, device = model.shape, model.device
@@ -253,9 +254,10 @@ class Session:
             self.qkv = torch.zeros((batch, (s.heads + 2 * s.kv_heads) * s.head_dim), device=device, dtype=dtype)
             self.mlp_hidden = torch.zeros((batch, s.intermediate), device=device, dtype=dtype)
             self.attention_out = torch.zeros((batch, s.heads * s.head_dim), device=device, dtype=dtype)
-            from .kernels import Argmax, attention_splits, default_config, overlap_unavailable
+            from .kernels import ATTENTION_SPLIT_LEN, Argmax, attention_splits, default_config, overlap_unavailable
 
-            splits = attention_splits(self.max_seq)  # the attention's per-split softmax states, when split
+            self.attention_split_len = attention_split_len or ATTENTION_SPLIT_LEN
+            splits = attention_splits(self.max_seq, self.attention_split_len)  # per-split softmax states
             self.attention_partials = torch.empty((batch, s.heads, splits, s.head_dim + 2), device=device,
                                                   dtype=torch.float32) if splits > 1 else None
             self.overlap = overlap_unavailable(device) is None if overlap is None else overlap
@@ -337,7 +339,8 @@ class Session:
         for layer, cache in zip(model.layers, self.kv_layers):
             kernels.gemv(x, layer.qkv, self.qkv, norm_weight=layer.attn_norm, eps=eps, overlap=overlap)
             kernels.decode_attention_(qkv, *self.rope, self.pos, cache, self.attention_out, s.heads, s.kv_heads,
-                                      partials=self.attention_partials, overlap=overlap)
+                                      partials=self.attention_partials, split_len=self.attention_split_len,
+                                      overlap=overlap)
             kernels.gemv(self.attention_out, layer.o, x, residual=True, overlap=overlap)
             kernels.gemv(x, layer.gate_up, self.mlp_hidden, norm_weight=layer.mlp_norm, eps=eps, swiglu=True,
                          overlap=overlap)
