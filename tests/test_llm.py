@@ -242,6 +242,9 @@ def test_overlapped_kernels_read_their_first_weight_tile_before_waiting():
     assert sum(i < wait for i in loads) == 2 * 4 * 1024 // 128
     assert any("griddepcontrol.launch_dependents" in line for line in lines[wait:])
     assert kernels.overlap_unavailable("cpu") is not None
+    # the attention splits every 128 positions, and into no more than 64 splits
+    assert [kernels.attention_split_len(n) for n in (64, 384, 8192, 8193, 65536)] == [128, 128, 128, 256, 1024]
+    assert kernels.attention_splits(8193, 256) == 33 and kernels.attention_splits(384) == 3
     assert not Session(ReferenceModel(TINY, "fp32", "cpu", 0), 1, 16, 4, fused=True).overlap
 
 

@@ -12,9 +12,9 @@ own launch); these kernels fold them into the matrix-vector products around them
   (at most :data:`MAX_BATCH`) share every tile.
 * :func:`decode_attention_` - RoPE on the new token's query and key heads, its key and value
   written into the static KV cache at each row's position, and grouped-query attention of the
-  queries over the filled part of the cache (online softmax): one launch per layer, where the
-  PyTorch step runs five element-wise kernels, a mask and SDPA over the whole cache.
-
+  queries over the filled part of the cache (online softmax, one program per query head and 128
+  positions, then a launch that merges their states): where the PyTorch step runs five
+  element-wise kernels, a mask and SDPA over the whole cache.
 * :func:`finish_step_` - the step's bookkeeping in one launch: the second stage of the LM head's
   greedy argmax, the token stored into the output and fed back, each row's position and the step
   counter advanced (six small PyTorch kernels otherwise).
@@ -57,6 +57,8 @@ EPILOGUE_NONE, EPILOGUE_RESIDUAL, EPILOGUE_SWIGLU = 0, 1, 2
 #:   512 / 128    1.077       1.142   1.288   1.302
 #:   2048 / 512   1.141       1.165   1.320   2.340
 ATTENTION_SPLIT_LEN = 128
+#: At most this many splits per query head: the merge holds every split's state in registers.
+MAX_ATTENTION_SPLITS = 64
 
 
 def available() -> str | None:
@@ -188,6 +190,12 @@ def gemv(x, weight, out, *, norm_weight=None, eps: float = 1e-5, residual: bool 
         num_warps=tiles.num_warps, **_launch_options(overlap),
     )
     return out
+
+
+def attention_split_len(max_seq: int) -> int:
+    """:data:`ATTENTION_SPLIT_LEN`, or the multiple of it that keeps a ``max_seq``-slot cache within
+    :data:`MAX_ATTENTION_SPLITS` splits."""
+    return ATTENTION_SPLIT_LEN * -(-max_seq // (ATTENTION_SPLIT_LEN * MAX_ATTENTION_SPLITS))
 
 
 def attention_splits(max_seq: int, split_len: int = ATTENTION_SPLIT_LEN) -> int:

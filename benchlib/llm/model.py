@@ -231,7 +231,7 @@ class Session:
                  fused: bool = False, overlap: bool | None = None, attention_split_len: int | None = None):
         """``fused``: the decode step through :mod:`benchlib.llm.kernels`; ``overlap``: their
         programmatic dependent launch (None: wherever :func:`kernels.overlap_unavailable` allows);
-        ``attention_split_len``: cache positions per attention program (None: the kernels' default)."""
+        ``attention_split_len``: cache positions per attention program (None: the kernels' choice)."""
         import torch
 
         s, device = model.shape, model.device
@@ -254,15 +254,15 @@ class Session:
             self.qkv = torch.zeros((batch, (s.heads + 2 * s.kv_heads) * s.head_dim), device=device, dtype=dtype)
             self.mlp_hidden = torch.zeros((batch, s.intermediate), device=device, dtype=dtype)
             self.attention_out = torch.zeros((batch, s.heads * s.head_dim), device=device, dtype=dtype)
-            from .kernels import ATTENTION_SPLIT_LEN, Argmax, attention_splits, default_config, overlap_unavailable
+            from . import kernels
 
-            self.attention_split_len = attention_split_len or ATTENTION_SPLIT_LEN
-            splits = attention_splits(self.max_seq, self.attention_split_len)  # per-split softmax states
+            self.overlap = kernels.overlap_unavailable(device) is None if overlap is None else overlap
+            self.attention_split_len = attention_split_len or kernels.attention_split_len(self.max_seq)
+            splits = kernels.attention_splits(self.max_seq, self.attention_split_len)  # per-split softmax states
             self.attention_partials = torch.empty((batch, s.heads, splits, s.head_dim + 2), device=device,
                                                   dtype=torch.float32) if splits > 1 else None
-            self.overlap = overlap_unavailable(device) is None if overlap is None else overlap
-            head_tiles = default_config(True, False, False, batch, argmax=True, overlap=self.overlap)
-            self.argmax = Argmax(batch, s.vocab, device, head_tiles)
+            head_tiles = kernels.default_config(True, False, False, batch, argmax=True, overlap=self.overlap)
+            self.argmax = kernels.Argmax(batch, s.vocab, device, head_tiles)
 
     @property
     def k_cache(self):
