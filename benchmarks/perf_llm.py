@@ -15,7 +15,8 @@ Run on a GPU, in one process (about 3-5 minutes on an H100):
 3. The fused kernels without programmatic dependent launch, to show what the overlap buys.
 4. The graph decode at batch 8 and 32 (throughput).
 5. Graph vs eager: the same weights and prompts must give the same greedy tokens; the fused kernels
-   against the PyTorch ops, teacher-forced, at batch 1 and 4 and with a 2048-token prompt.
+   against the PyTorch ops, teacher-forced, at batch 1 and 4 and with a 2048-token prompt; the
+   fused graph with and without programmatic dependent launch (same tiles) bitwise.
 
 Prints a table and, with ``--json``, writes the figures. ``--cpu-smoke`` runs the tiny shape on the
 CPU (eager and transformers only; the bandwidth is a host copy) to check that the script works.
@@ -41,6 +42,7 @@ from benchlib.llm.reference import (  # noqa: E402
     ReferenceBackend,
     check_fused_matches_torch,
     check_graph_matches_eager,
+    check_overlap_matches_sequential,
 )
 from benchlib.timer import TimerConfig  # noqa: E402
 
@@ -169,6 +171,9 @@ def print_table(figures: dict) -> None:
         print(f"graph vs eager tokens, {kernels} kernels: {'identical' if equality['equal'] else 'DIFFER'} ({equality})")
     for batch, agreement in figures.get("fused_matches_torch", {}).items():
         print(f"fused vs PyTorch ops, {batch}, teacher-forced: {agreement}")
+    for case, equality in figures.get("overlap_matches_sequential", {}).items():
+        print(f"fused graph with vs without PDL, same tiles, {case}: "
+              f"{'bitwise equal' if equality['equal'] else 'DIFFER'} ({equality})")
 
 
 def main() -> int:
@@ -205,6 +210,10 @@ def main() -> int:
         # a context long enough for the attention to be split over programs and merged
         figures["fused_matches_torch"][f"b1, {LONG_PROMPT}-token prompt"] = check_fused_matches_torch(
             setup.shape, setup.dtype, 1, LONG_PROMPT, 32)
+        figures["overlap_matches_sequential"] = {
+            f"b{batch}, {prompt}-token prompt": check_overlap_matches_sequential(setup.shape, setup.dtype, batch, prompt)
+            for batch, prompt in ((1, setup.input_len), (1, LONG_PROMPT), (4, setup.input_len))
+        }
     print_table(figures)
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2, default=str))

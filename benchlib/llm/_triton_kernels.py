@@ -191,7 +191,7 @@ def combine_splits_kernel(partial_ptr, out_ptr, HEADS, D: tl.constexpr, SPLITS: 
 
 @triton.jit
 def finish_step_kernel(best_ptr, best_index_ptr, programs, tokens_ptr, pos_ptr, step_ptr, out_ptr, out_stride,
-                       B: tl.constexpr, BLOCK_P: tl.constexpr, OVERLAP: tl.constexpr):
+                       out_len, B: tl.constexpr, BLOCK_P: tl.constexpr, OVERLAP: tl.constexpr):
     wait_for_previous_kernel(OVERLAP)
     lanes = tl.arange(0, BLOCK_P)
     step = tl.load(step_ptr)
@@ -199,7 +199,7 @@ def finish_step_kernel(best_ptr, best_index_ptr, programs, tokens_ptr, pos_ptr, 
         candidates = tl.load(best_ptr + row * programs + lanes, mask=lanes < programs, other=float("-inf"))
         winner = tl.argmax(candidates, axis=0)  # the first on a tie, like torch.argmax
         token = tl.load(best_index_ptr + row * programs + winner)
-        tl.store(out_ptr + row * out_stride + step, token)
+        tl.store(out_ptr + row * out_stride + step, token, mask=step < out_len)
         tl.store(tokens_ptr + row, token)
         tl.store(pos_ptr + row, tl.load(pos_ptr + row) + 1)
     tl.store(step_ptr, step + 1)

@@ -74,8 +74,9 @@ def overlap_unavailable(device) -> str | None:
     """None when the kernels can overlap on ``device`` through programmatic dependent launch, else why not."""
     import os
 
-    if available():
-        return available()
+    missing = available()
+    if missing:
+        return missing
     if os.environ.get("TRITON_INTERPRET") == "1":
         return "Triton's interpreter runs kernels one after another"
     try:
@@ -165,7 +166,8 @@ def gemv(x, weight, out, *, norm_weight=None, eps: float = 1e-5, residual: bool 
     ``silu(gate) * up``. ``residual``: ``out`` is also the residual that the product is added to.
     ``argmax``: each program also records its largest output per row and its index, so the greedy
     token costs a reduction over ``N / block_n`` candidates instead of ``N`` (see :class:`Argmax`).
-    ``overlap``: launch with programmatic dependent launch (see the module's docstring).
+    ``overlap``: launch with programmatic dependent launch (see the module's docstring): the weight is
+    read before the kernel waits for the previous one, so no kernel still running may write it.
     """
     import triton
 
@@ -209,18 +211,25 @@ def decode_attention_(qkv, cos, sin, pos, cache, out, heads: int, kv_heads: int,
     and value stored into ``cache [batch, 2 kv_heads, max_seq, D]`` at ``pos``, and softmax attention
     of each query over its KV head's positions ``0..pos`` (online softmax over ``block_s`` slots at
     a time; the unfilled rest of the cache is never read). ``out [batch, heads * D]`` gets the
-    result in the O projection's input layout. One program per (row, query head): the programs of
-    a group each rotate the new key in registers rather than wait for the one that stores it.
+    result in the O projection's input layout. The programs of a query group each rotate the new key
+    in registers rather than wait for the one that stores it.
 
     Long contexts (flash-decoding): with ``partials`` (fp32 ``[batch, heads, splits, D + 2]``,
-    ``splits = attention_splits(max_seq, split_len)``) each (row, head) gets one program per
-    ``split_len`` positions, which leave their softmax states there, and a second launch merges
-    them; without, one program walks all positions. ``overlap``: launch with programmatic dependent
-    launch; each program's first ``block_s`` cache slots are read before waiting for the QKV product."""
+    ``splits = attention_splits(max_seq, split_len)``, at most :data:`MAX_ATTENTION_SPLITS`) each
+    (row, head) gets one program per ``split_len`` positions, which leave their softmax states
+    there, and a second launch merges them; without, one program per (row, head) walks all
+    positions. ``overlap``: launch with programmatic dependent launch. Each program reads ``pos``,
+    the RoPE row and its first ``block_s`` cache slots before waiting for the previous kernel, so
+    that kernel must not write them (in the decode step it is the QKV product)."""
     batch, _, head_dim = qkv.shape
     if split_len % block_s:
         raise ValueError(f"split_len ({split_len}) must be a multiple of block_s ({block_s})")
     splits = 1 if partials is None else partials.shape[2]
+    expected = (batch, heads, attention_splits(cache.shape[2], split_len), head_dim + 2)
+    if partials is not None and (tuple(partials.shape) != expected or not partials.is_contiguous()
+                                 or splits > MAX_ATTENTION_SPLITS):
+        raise ValueError(f"partials must be contiguous {list(expected)} with at most {MAX_ATTENTION_SPLITS} splits, "
+                         f"not {list(partials.shape)}")
     _, attention_kernel, combine_kernel, _ = _kernels()
     attention_kernel[(batch, heads, splits)](
         qkv, cos, sin, pos, cache, out, out if partials is None else partials, heads, kv_heads, cache.stride(0),
@@ -237,10 +246,11 @@ def decode_attention_(qkv, cos, sin, pos, cache, out, heads: int, kv_heads: int,
 def finish_step_(argmax: Argmax, tokens, pos, step, out, overlap: bool = False) -> None:
     """The end of a greedy decode step, in one launch: each row's token is the candidate of
     ``argmax`` with the largest value (the first on a tie, as ``torch.argmax``); it is stored into
-    ``out[row, step]`` and ``tokens[row]``, ``pos[row]`` advances by one and ``step`` by one."""
+    ``out[row, step]`` (when ``step`` is within ``out``: graph capture's warm-up may step past a
+    short output) and ``tokens[row]``, ``pos[row]`` advances by one and ``step`` by one."""
     batch, programs = argmax.best.shape
     finish_step_kernel = _kernels()[3]
     finish_step_kernel[(1,)](
-        argmax.best, argmax.index, programs, tokens, pos, step, out, out.stride(0),
+        argmax.best, argmax.index, programs, tokens, pos, step, out, out.stride(0), out.shape[1],
         B=batch, BLOCK_P=_next_power_of_2(programs), OVERLAP=overlap, num_warps=8, **_launch_options(overlap),
     )

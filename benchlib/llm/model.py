@@ -228,10 +228,13 @@ class Session:
     """Static buffers for one batch size: KV cache, tokens, positions, step counter, outputs."""
 
     def __init__(self, model: ReferenceModel, batch: int, max_tokens: int, max_new_tokens: int,
-                 fused: bool = False, overlap: bool | None = None, attention_split_len: int | None = None):
+                 fused: bool = False, overlap: bool | None = None, attention_split_len: int | None = None,
+                 tiles_for_overlap: bool | None = None):
         """``fused``: the decode step through :mod:`benchlib.llm.kernels`; ``overlap``: their
         programmatic dependent launch (None: wherever :func:`kernels.overlap_unavailable` allows);
-        ``attention_split_len``: cache positions per attention program (None: the kernels' choice)."""
+        ``attention_split_len``: cache positions per attention program (None: the kernels' choice);
+        ``tiles_for_overlap``: the products' tiles tuned with or without overlap (None: as launched;
+        set apart only to compare the two launch modes on the same arithmetic)."""
         import torch
 
         s, device = model.shape, model.device
@@ -256,12 +259,20 @@ class Session:
             self.attention_out = torch.zeros((batch, s.heads * s.head_dim), device=device, dtype=dtype)
             from . import kernels
 
-            self.overlap = kernels.overlap_unavailable(device) is None if overlap is None else overlap
+            unavailable = kernels.overlap_unavailable(device)
+            if overlap and unavailable:
+                raise ValueError(f"overlap was asked for but {unavailable}")
+            self.overlap = unavailable is None if overlap is None else overlap
+            tuned = self.overlap if tiles_for_overlap is None else tiles_for_overlap
+            # QKV, O, gate/up, down; the LM head's tiles live in its Argmax
+            self.tiles = tuple(kernels.default_config(norm, residual, swiglu, batch, overlap=tuned)
+                               for norm, residual, swiglu in ((True, False, False), (False, True, False),
+                                                              (True, False, True), (False, True, False)))
             self.attention_split_len = attention_split_len or kernels.attention_split_len(self.max_seq)
             splits = kernels.attention_splits(self.max_seq, self.attention_split_len)  # per-split softmax states
             self.attention_partials = torch.empty((batch, s.heads, splits, s.head_dim + 2), device=device,
                                                   dtype=torch.float32) if splits > 1 else None
-            head_tiles = kernels.default_config(True, False, False, batch, argmax=True, overlap=self.overlap)
+            head_tiles = kernels.default_config(True, False, False, batch, argmax=True, overlap=tuned)
             self.argmax = kernels.Argmax(batch, s.vocab, device, head_tiles)
 
     @property
@@ -331,20 +342,23 @@ class Session:
         return attention.transpose(1, 2).reshape(batch, s.heads * s.head_dim)
 
     def _fused_layers(self, x) -> None:
-        """The layers and the LM head through :mod:`benchlib.llm.kernels`: five launches per layer (six with split attention)."""
+        """The layers and the LM head through :mod:`benchlib.llm.kernels`: five launches per layer, six when
+        the cache holds more positions than one attention split."""
         from . import kernels
 
         model, s, batch = self.model, self.model.shape, self.batch
         eps, qkv, overlap = s.norm_eps, self.qkv.view(batch, s.heads + 2 * s.kv_heads, s.head_dim), self.overlap
+        qkv_tiles, o_tiles, gate_up_tiles, down_tiles = self.tiles
         for layer, cache in zip(model.layers, self.kv_layers):
-            kernels.gemv(x, layer.qkv, self.qkv, norm_weight=layer.attn_norm, eps=eps, overlap=overlap)
+            kernels.gemv(x, layer.qkv, self.qkv, norm_weight=layer.attn_norm, eps=eps, config=qkv_tiles,
+                         overlap=overlap)
             kernels.decode_attention_(qkv, *self.rope, self.pos, cache, self.attention_out, s.heads, s.kv_heads,
                                       partials=self.attention_partials, split_len=self.attention_split_len,
                                       overlap=overlap)
-            kernels.gemv(self.attention_out, layer.o, x, residual=True, overlap=overlap)
+            kernels.gemv(self.attention_out, layer.o, x, residual=True, config=o_tiles, overlap=overlap)
             kernels.gemv(x, layer.gate_up, self.mlp_hidden, norm_weight=layer.mlp_norm, eps=eps, swiglu=True,
-                         overlap=overlap)
-            kernels.gemv(self.mlp_hidden, layer.down, x, residual=True, overlap=overlap)
+                         config=gate_up_tiles, overlap=overlap)
+            kernels.gemv(self.mlp_hidden, layer.down, x, residual=True, config=down_tiles, overlap=overlap)
         kernels.gemv(x, model.lm_head, self.logits, norm_weight=model.final_norm, eps=eps, argmax=self.argmax,
                      overlap=overlap)
 

@@ -195,6 +195,44 @@ def check_graph_matches_eager(shape: str = "llama-1b", dtype: str = "bf16", batc
     }
 
 
+def check_overlap_matches_sequential(shape: str = "llama-1b", dtype: str = "bf16", batch: int = 1,
+                                     input_len: int = 128, steps: int = 64, seed: int = 42,
+                                     device: str = "cuda") -> dict[str, Any]:
+    """The fused step's graph with programmatic dependent launch against the same kernels and tiles
+    launched one after another: every step's logits must be bitwise equal (a kernel reading before
+    its wait what its predecessor writes would show here). Returns ``equal``, the steps compared and
+    the largest absolute logit difference. Needs a Hopper or newer GPU."""
+    import torch
+
+    from ..device import resolve_device
+    from . import kernels
+    from .model import SHAPES
+
+    target = resolve_device(device)
+    unavailable = kernels.overlap_unavailable(target.torch_device)
+    if unavailable:
+        raise SkipCase(f"skipped: {unavailable}")
+    model = ReferenceModel(SHAPES[shape], dtype, target.torch_device, seed)
+    prompts = prompt_tensors(InputSpec(batch, input_len, steps + 1, SHAPES[shape].vocab, seed=seed).batch_at(0),
+                             target.torch_device)
+    logits = []
+    with torch.inference_mode():
+        for overlap in (True, False):
+            session = Session(model, batch, input_len + steps + 1, steps + 1, fused=True, overlap=overlap,
+                              tiles_for_overlap=True)
+            session.reset()
+            graph = capture_graph(session.decode_step)
+            session.prefill(*prompts)
+            per_step = []
+            for _ in range(steps):
+                graph.replay()
+                per_step.append(session.logits.clone())
+            logits.append(torch.stack(per_step).float())
+    overlapped, sequential = logits
+    return {"equal": bool(torch.equal(overlapped, sequential)), "steps": steps,
+            "max_abs_difference": float((overlapped - sequential).abs().max())}
+
+
 def check_fused_matches_torch(shape: str = "llama-1b", dtype: str = "bf16", batch: int = 1, input_len: int = 128,
                               steps: int = 32, seed: int = 42, device: str = "cuda") -> dict[str, Any]:
     """Decode the same prompts through the fused Triton kernels and the PyTorch ops, teacher-forced.
