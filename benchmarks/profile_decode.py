@@ -62,7 +62,8 @@ def main() -> int:
             totals[event.name][0] += event.device_time / args.steps
             totals[event.name][1] += 1 / args.steps
     kernel_us = sum(total for total, _ in totals.values())
-    print(f"{args.kernels} kernels{' with overlap' if backend.session.overlap else ''}, batch {args.batch}: step {step_us:.1f} us wall (CUDA events), "
+    overlap = " with overlap" if backend.session.overlap else ""
+    print(f"{args.kernels} kernels{overlap}, batch {args.batch}: step {step_us:.1f} us wall (CUDA events), "
           f"{kernel_us:.1f} us in kernels, {sum(n for _, n in totals.values()):.0f} kernels per step")
     for name, (total, count) in sorted(totals.items(), key=lambda item: -item[1][0])[:15]:
         print(f"{total:8.1f} us  {count:5.0f}x  {name[:100]}")

@@ -225,11 +225,11 @@ def decode_attention_(qkv, cos, sin, pos, cache, out, heads: int, kv_heads: int,
     if split_len % block_s:
         raise ValueError(f"split_len ({split_len}) must be a multiple of block_s ({block_s})")
     splits = 1 if partials is None else partials.shape[2]
-    expected = (batch, heads, attention_splits(cache.shape[2], split_len), head_dim + 2)
-    if partials is not None and (tuple(partials.shape) != expected or not partials.is_contiguous()
-                                 or splits > MAX_ATTENTION_SPLITS):
-        raise ValueError(f"partials must be contiguous {list(expected)} with at most {MAX_ATTENTION_SPLITS} splits, "
-                         f"not {list(partials.shape)}")
+    if partials is not None:
+        expected = (batch, heads, attention_splits(cache.shape[2], split_len), head_dim + 2)
+        if tuple(partials.shape) != expected or not partials.is_contiguous() or splits > MAX_ATTENTION_SPLITS:
+            raise ValueError(f"partials must be contiguous {list(expected)} with at most {MAX_ATTENTION_SPLITS} "
+                             f"splits, not {list(partials.shape)}")
     _, attention_kernel, combine_kernel, _ = _kernels()
     attention_kernel[(batch, heads, splits)](
         qkv, cos, sin, pos, cache, out, out if partials is None else partials, heads, kv_heads, cache.stride(0),

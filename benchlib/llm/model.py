@@ -316,10 +316,7 @@ class Session:
         model, s, batch = self.model, self.model.shape, self.batch
         x = F.embedding(self.tokens, model.embed)  # [batch, hidden]
         if self.fused:
-            from .kernels import finish_step_
-
             self._fused_layers(x)
-            finish_step_(self.argmax, self.tokens, self.pos, self.step, self.out, self.overlap)
             return
         mask = torch.where(self.positions[None, :] <= self.pos[:, None], *self.mask_values)[:, None, None, :]
         self._torch_layers(x, mask)
@@ -342,8 +339,9 @@ class Session:
         return attention.transpose(1, 2).reshape(batch, s.heads * s.head_dim)
 
     def _fused_layers(self, x) -> None:
-        """The layers and the LM head through :mod:`benchlib.llm.kernels`: five launches per layer, six when
-        the cache holds more positions than one attention split."""
+        """The layers, the LM head and the step's end (token, positions, step counter) through
+        :mod:`benchlib.llm.kernels`: five launches per layer, six when the cache holds more positions
+        than one attention split."""
         from . import kernels
 
         model, s, batch = self.model, self.model.shape, self.batch
@@ -361,6 +359,7 @@ class Session:
             kernels.gemv(self.mlp_hidden, layer.down, x, residual=True, config=down_tiles, overlap=overlap)
         kernels.gemv(x, model.lm_head, self.logits, norm_weight=model.final_norm, eps=eps, argmax=self.argmax,
                      overlap=overlap)
+        kernels.finish_step_(self.argmax, self.tokens, self.pos, self.step, self.out, overlap)
 
     def _torch_layers(self, x, mask) -> None:
         """The layers and the LM head op by op in PyTorch: about 15 kernels per layer."""
