@@ -1,4 +1,4 @@
-"""The one arm model (DESIGN.md, "Arms"): one way of launching the same notebook with the same params.
+"""The one arm model (docs/architecture.md, "Arms"): one way of launching the same notebook with the same params.
 
 An arm is data; :mod:`benchlib.engines` turns (arm, papermill argv) into the argv that launches it.
 Suites name arms either by a built-in name (``native``, ``container``, ...) or by a mapping with

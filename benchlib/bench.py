@@ -113,7 +113,7 @@ def _run_case(workload: Workload, case: CommonParams, context: RunContext) -> pd
         return _metric_rows(base, metrics, device)
     except SkipCase as skip:
         return _status_row(base, schema.STATUS_SKIPPED, str(skip), device)
-    except Exception as exc:  # a failed case is recorded and the suite goes on (DESIGN.md)
+    except Exception as exc:  # a failed case is recorded and the suite goes on (docs/architecture.md, "Contracts")
         return _status_row(base, schema.STATUS_FAILED, _failure_note(exc), device)
     finally:
         _release_memory(device)

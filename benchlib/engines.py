@@ -1,6 +1,6 @@
 """Engines: turn (arm, papermill argv) into the command that launches it; preflight arms; build images.
 
-How each engine launches an invocation (DESIGN.md, "Arms"):
+How each engine launches an invocation (docs/architecture.md, "Arms"):
 
 * ``native`` (engine ``host``): the argv unchanged; the runner adds ``LaunchSpec.env`` to its own.
 * ``docker`` / ``podman``::

@@ -5,7 +5,7 @@ Each fingerprint is flattened to dotted keys (``torch.num_threads``, ``gpus.0.po
 seen most often over that arm's invocations, and a key whose value changes between invocations of
 one arm is flagged. Keys in :data:`IGNORED` are noise (timestamps, pids, free-memory figures, the
 arm's own name) and never shown. Keys matched by a :data:`MECHANISMS` entry come first, in the
-order of DESIGN.md's table of what is known to make a container slower, each with one line on why
+order of the table in docs/architecture.md of what is known to make a container slower, each with one line on why
 it matters; every other difference follows, by key.
 """
 from __future__ import annotations
@@ -50,7 +50,7 @@ class Mechanism:
 ARM_IDENTITY = "container / engine / image"
 
 
-#: DESIGN.md, "What is known to make a container slower", in that order.
+#: docs/architecture.md, "What is known to make a container slower", in that order.
 MECHANISMS: tuple[Mechanism, ...] = (
     Mechanism("framework build", "a different torch/CUDA/cuBLAS/cuDNN build runs different kernels: 2x and more",
               ("versions.torch", "versions.torch_cuda_runtime", "versions.cublas", "versions.cudnn",

@@ -1,4 +1,4 @@
-"""The environment fingerprint (DESIGN.md, "What is known to make a container slower"): env.json.
+"""The environment fingerprint (docs/architecture.md, "What is known to make a container slower"): env.json.
 
 :func:`capture` records, once per invocation, everything that can make two arms differ: container
 engine and evidence, versions (driver, CUDA, cuBLAS, cuDNN, torch), the torch build's GPU arches vs

@@ -1,4 +1,4 @@
-"""The ``isolated`` and ``rootfs`` arms (DESIGN.md, "Arms"): isolation without the image's stack, and
+"""The ``isolated`` and ``rootfs`` arms (docs/architecture.md, "Arms"): isolation without the image's stack, and
 the image's stack without isolation.
 
 ``isolated`` (engine ``runc``)

@@ -1,4 +1,4 @@
-"""The analysis of a run and its published report (DESIGN.md, "Data flow", last two steps).
+"""The analysis of a run and its published report (docs/architecture.md, "Data flow", last two steps).
 
 :func:`analyse` loads a run, checks it, compares every arm with the baseline (benchlib.stats),
 diffs the fingerprints (benchlib.envdiff) and derives energy per unit of work and the fraction of

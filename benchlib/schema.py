@@ -1,4 +1,4 @@
-"""The one results schema (DESIGN.md, "The results table") and the telemetry schema.
+"""The one results schema (docs/architecture.md, "The results table") and the telemetry schema.
 
 results.parquet is long/tidy: one row per timed sample and metric. Derived figures (TFLOP/s,
 GB/s, tokens/s, fraction of a ceiling) are computed from ``value`` and ``work`` by

@@ -1,4 +1,4 @@
-"""Statistics on the tidy results table (DESIGN.md, "Statistics"): summaries, arm-vs-baseline
+"""Statistics on the tidy results table (docs/architecture.md, "Statistics"): summaries, arm-vs-baseline
 comparisons with verdicts, and throttle awareness. Pure functions of DataFrames; every random
 draw comes from a seeded ``numpy.random.Generator``.
 
@@ -448,7 +448,7 @@ def _holm_by(frame: pd.DataFrame, column: str) -> np.ndarray:
 
 # --------------------------------------------------------------------------- decomposition
 
-#: The four arm roles of the decomposition (DESIGN.md, "Arms"): host, host + isolation, image
+#: The four arm roles of the decomposition (docs/architecture.md, "Arms"): host, host + isolation, image
 #: without isolation, image + isolation.
 ROLES = ("native", "isolated", "rootfs", "container")
 #: effect -> (roles multiplied in the numerator, roles in the denominator) of its ratio of T.
@@ -580,7 +580,7 @@ def decompose(
 ) -> pd.DataFrame:
     """The container's overhead split into isolation, software stack and their interaction.
 
-    Arms by role (DESIGN.md, "Arms"): ``native`` (host), ``isolated`` (host userland, container
+    Arms by role (docs/architecture.md, "Arms"): ``native`` (host), ``isolated`` (host userland, container
     isolation), ``rootfs`` (the image's userland, no isolation), ``container`` (both). With T each
     arm's statistic (as in ``compare``): isolation = T_isolated / T_native, stack = T_rootfs /
     T_native, interaction = T_container·T_native / (T_isolated·T_rootfs) (1: the two effects

@@ -1,4 +1,4 @@
-"""Background NVML telemetry (DESIGN.md, "Telemetry"): one row per poll of one GPU.
+"""Background NVML telemetry (docs/architecture.md, "Telemetry"): one row per poll of one GPU.
 
 ``with NvmlSampler(hz=100) as s: run_benchmark()`` polls every visible GPU on a daemon thread at
 absolute deadlines (``start + k / hz``; a poll that overruns skips the deadlines it missed and counts
