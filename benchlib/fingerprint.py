@@ -3,7 +3,7 @@
 :func:`capture` records, once per invocation, everything that can make two arms differ: container
 engine and evidence, versions (driver, CUDA, cuBLAS, cuDNN, torch), the torch build's GPU arches vs
 the device, math modes, GPU clocks and power limits, CPU quota and cpuset, memory limits, /dev/shm,
-seccomp, ulimits and the CUDA_/NVIDIA_/TORCH_/NCCL_/OMP_ environment. Every probe is guarded: a
+seccomp, ulimits and the CUDA_/NVIDIA_/TORCH_/NCCL_/OMP_/TRITON_ environment. Every probe is guarded: a
 failure is recorded as ``"error: ..."`` (or None for an absent file), never raised. Nothing spawns a
 process. The result passes through :func:`benchlib.redact.redact` so no secret reaches env.json or a report.
 """
@@ -27,7 +27,7 @@ from typing import Any, Callable, Mapping
 from .redact import REDACTED, redact  # noqa: F401  (re-exported: the fingerprint's redaction)
 from .telemetry import NvmlUnavailable, decode_clock_event_reasons, nvml_session
 
-ENV_PREFIXES = ("CUDA_", "NVIDIA_", "TORCH_", "NCCL_", "OMP_", "PYTORCH_", "MKL_", "BENCHLIB_")
+ENV_PREFIXES = ("CUDA_", "NVIDIA_", "TORCH_", "NCCL_", "OMP_", "PYTORCH_", "MKL_", "BENCHLIB_", "TRITON_")
 ENGINES = ("docker", "podman", "apptainer", "enroot", "containerd", "kubernetes", "runc")
 IMAGE_IDENTITY = Path("/etc/benchlib/image.json")
 #: What the runner sets in every arm (benchlib.engines), by fingerprint key.
