@@ -227,15 +227,15 @@ def test_decode_attention_over_several_blocks_and_the_step_end(repo: Path):
     assert result["generated"] == [[0, 0, 20, 0], [0, 0, 7, 0]] and result["beyond"] == [5]
 
 
-def _ptx_around_the_wait(kernel, signature: dict, constexprs: dict, warps: int) -> tuple[list[str], list[str]]:
-    """The PTX lines before and after ``griddepcontrol.wait`` of ``kernel`` compiled for sm_90 with PDL."""
-    import triton
+def _ptx_around_the_wait(name: str, constexprs: dict, warps: int, stages: int | None = None,
+                         aligned: bool = False) -> tuple[list[str], list[str]]:
+    """The PTX lines before and after ``griddepcontrol.wait`` of the kernel ``name`` compiled for sm_90 with PDL."""
     from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
 
-    signature = {**signature, **{name: "constexpr" for name in constexprs}}
-    compiled = triton.compile(ASTSource(kernel, signature, constexprs=constexprs), target=GPUTarget("cuda", 90, 32),
-                              options={"num_warps": warps, "launch_pdl": True})
+    from benchlib.llm.kernels import compile_kernel
+
+    compiled = compile_kernel(name, "bf16", constexprs, GPUTarget("cuda", 90, 32), warps, overlap=True,
+                              num_stages=stages, aligned=aligned)
     lines = compiled.asm["ptx"].splitlines()
     wait = next(i for i, line in enumerate(lines) if "griddepcontrol.wait" in line)
     assert any("griddepcontrol.launch_dependents" in line for line in lines[wait:])
@@ -248,32 +248,21 @@ def test_overlapped_kernels_read_only_inputs_before_waiting():
     product loads its first weight tile before ``griddepcontrol.wait``; attention loads the position,
     the RoPE row and its first cache block; the merge and the step end load nothing; and no kernel
     stores anything before the wait. On the CPU nothing asks for the overlap."""
-    from benchlib.llm import _triton_kernels, kernels
+    from benchlib.llm import kernels
 
-    gemv = {"x_ptr": "*bf16", "w_ptr": "*bf16", "out_ptr": "*bf16", "norm_ptr": "*bf16", "res_ptr": "*bf16",
-            "best_ptr": "*fp32", "best_index_ptr": "*i64", "N": "i32", "K": "i32", "eps": "fp32"}
-    early, _ = _ptx_around_the_wait(_triton_kernels.gemv_kernel, gemv, {
+    early, _ = _ptx_around_the_wait("gemv_kernel", {
         "B": 1, "BLOCK_B": 1, "BLOCK_N": 4, "BLOCK_K": 1024, "NORM": True, "EPILOGUE": 2, "ARGMAX": False,
         "OVERLAP": True}, 4)
     # 4 gate + 4 up rows x 1024 bf16 over 128 threads, one element per load unhinted: 64 loads early
     assert sum("ld.global" in line for line in early) == 2 * 4 * 1024 // 128
     stores_early = [not any("st.global" in line for line in early)]
-    attention = {"qkv_ptr": "*bf16", "cos_ptr": "*bf16", "sin_ptr": "*bf16", "pos_ptr": "*i64", "cache_ptr": "*bf16",
-                 "out_ptr": "*bf16", "partial_ptr": "*fp32", "HEADS": "i32", "KV_HEADS": "i32",
-                 "cache_batch_stride": "i32", "cache_head_stride": "i32", "scale": "fp32", "SPLIT_LEN": "i32"}
-    early, _ = _ptx_around_the_wait(_triton_kernels.decode_attention_kernel, attention, {
-        "D": 64, "BLOCK_S": 128, "SPLITS": 4, "OVERLAP": True}, 4)
+    early, _ = _ptx_around_the_wait("decode_attention_kernel", {"D": 64, "BLOCK_S": 128, "SPLITS": 4,
+                                                                "OVERLAP": True}, 4)
     assert sum("ld.global" in line for line in early) > 3  # position, RoPE row, first keys and values
     stores_early.append(not any("st.global" in line for line in early))
-    for kernel, signature, constexprs in (
-        (_triton_kernels.combine_splits_kernel, {"partial_ptr": "*fp32", "out_ptr": "*bf16", "HEADS": "i32"},
-         {"D": 64, "SPLITS": 3, "BLOCK_SPLITS": 4, "OVERLAP": True}),
-        (_triton_kernels.finish_step_kernel, {"best_ptr": "*fp32", "best_index_ptr": "*i64", "programs": "i32",
-                                              "tokens_ptr": "*i64", "pos_ptr": "*i64", "step_ptr": "*i64",
-                                              "out_ptr": "*i64", "out_stride": "i32", "out_len": "i32"},
-         {"B": 1, "BLOCK_P": 1024, "OVERLAP": True}),
-    ):
-        early, _ = _ptx_around_the_wait(kernel, signature, constexprs, 2)
+    for name, constexprs in (("combine_splits_kernel", {"D": 64, "SPLITS": 3, "BLOCK_SPLITS": 4, "OVERLAP": True}),
+                             ("finish_step_kernel", {"B": 3, "BLOCK_B": 4, "BLOCK_P": 1024, "OVERLAP": True})):
+        early, _ = _ptx_around_the_wait(name, constexprs, 2)
         assert not any("ld.global" in line for line in early)
         stores_early.append(not any("st.global" in line for line in early))
     assert all(stores_early)
@@ -293,20 +282,21 @@ def test_overlapped_kernels_read_only_inputs_before_waiting():
 
 
 def test_kernel_choice_follows_mode_device_and_batch():
+    """Where ``auto`` keeps PyTorch ops without asking the GPU, and what ``triton`` refuses. (Whether
+    the fused kernels work on a GPU, and above batch 1 whether they beat cuBLAS, is
+    tests/test_llm_tiles.py's.)"""
     from benchlib.llm import kernels
     from benchlib.llm.reference import resolve_kernels
 
     gpu = Device("cuda:0", "NVIDIA H100 80GB HBM3")
-    assert resolve_kernels(config(mode="eager"), CPU) == "torch"
-    assert resolve_kernels(config(kernels="torch", mode="graph", batch=1), gpu) == "torch"
-    assert resolve_kernels(config(mode="graph", batch=kernels.AUTO_MAX_BATCH + 1), gpu) == "torch"
-    assert resolve_kernels(config(mode="graph", batch=1, compile=True), gpu) == "torch"
-    expected = "triton" if kernels.available() is None else "torch"
-    assert resolve_kernels(config(mode="graph", batch=1), gpu) == expected
+    for chosen in (config(mode="eager"), config(kernels="torch", mode="graph", batch=1),
+                   config(mode="graph", batch=kernels.MAX_BATCH + 1), config(mode="graph", batch=1, compile=True)):
+        assert resolve_kernels(chosen, gpu).kernels == "torch"
+    assert resolve_kernels(config(mode="graph", batch=1), CPU).kernels == "torch"
     if kernels.available() is None:
-        with pytest.raises(RuntimeError, match="batch <= 8"):
-            resolve_kernels(config(kernels="triton", batch=9), gpu)
-        if os.environ.get("TRITON_INTERPRET") != "1":
+        with pytest.raises(RuntimeError, match="batch <= 64"):
+            resolve_kernels(config(kernels="triton", batch=65), gpu)
+        if not kernels.interpreting():
             with pytest.raises(SkipCase, match="needs a CUDA GPU"):
                 resolve_kernels(config(kernels="triton"), CPU)
 

@@ -79,20 +79,96 @@ def gemv_kernel(x_ptr, w_ptr, out_ptr, norm_ptr, res_ptr, best_ptr, best_index_p
             w_up = tl.load(w_ptr + (offs_n[:, None] + N) * K + offs_k[None, :], mask=tile_mask,
                            other=0.0).to(tl.float32)
             acc_up += tl.sum(xs[:, None, :] * w_up[None, :, :], axis=2)
-    out_offsets = offs_b[:, None] * N + offs_n[None, :]
-    out_mask = mask_b[:, None] & mask_n[None, :]
+    product_epilogue(acc, acc_up, out_ptr, res_ptr, best_ptr, best_index_ptr, offs_b[:, None] * N + offs_n[None, :],
+                     mask_b[:, None] & mask_n[None, :], offs_b, mask_b, pid, BLOCK_N, EPILOGUE, ARGMAX, 1)
+
+
+@triton.jit
+def product_epilogue(acc, acc_up, out_ptr, res_ptr, best_ptr, best_index_ptr, out_offsets, out_mask, offs_b, mask_b,
+                     pid, BLOCK_N: tl.constexpr, EPILOGUE: tl.constexpr, ARGMAX: tl.constexpr, N_AXIS: tl.constexpr):
+    """SwiGLU or the residual add on the fp32 accumulator (outputs along ``N_AXIS``, batch rows along
+    the other), the store in the model dtype and, with ARGMAX, this program's largest output per row
+    and where: the greedy token's candidates."""
     if EPILOGUE == 2:
         acc = acc / (1.0 + tl.exp(-acc)) * acc_up
     if EPILOGUE == 1:
         acc += tl.load(res_ptr + out_offsets, mask=out_mask, other=0.0).to(tl.float32)
     rounded = acc.to(out_ptr.dtype.element_ty)
     tl.store(out_ptr + out_offsets, rounded, mask=out_mask)
-    if ARGMAX:  # this program's largest output per row and where: the greedy token's candidates
+    if ARGMAX:
         candidates = tl.where(out_mask, rounded.to(tl.float32), float("-inf"))
         programs = tl.num_programs(0)
-        tl.store(best_ptr + offs_b * programs + pid, tl.max(candidates, axis=1), mask=mask_b)
-        tl.store(best_index_ptr + offs_b * programs + pid, pid * BLOCK_N + tl.argmax(candidates, axis=1),
+        tl.store(best_ptr + offs_b * programs + pid, tl.max(candidates, axis=N_AXIS), mask=mask_b)
+        tl.store(best_index_ptr + offs_b * programs + pid, pid * BLOCK_N + tl.argmax(candidates, axis=N_AXIS),
                  mask=mask_b)
+
+
+@triton.jit
+def transposed_input_tile(x_ptr, norm_ptr, offs_b, mask_b, offs_k, mask_k, K, NORM: tl.constexpr):
+    """``x[b, k]^T`` as a ``[BLOCK_K, BLOCK_B]`` tile in the model dtype (times the norm weight when
+    NORM), and each row's sum of squares of ``x`` over these columns (for the RMS)."""
+    raw = tl.load(x_ptr + offs_b[None, :] * K + offs_k[:, None], mask=mask_k[:, None] & mask_b[None, :],
+                  other=0.0).to(tl.float32)
+    squares = tl.sum(raw * raw, axis=0)
+    if NORM:
+        raw = raw * tl.load(norm_ptr + offs_k, mask=mask_k, other=0.0).to(tl.float32)[:, None]
+    return raw.to(x_ptr.dtype.element_ty), squares
+
+
+@triton.jit
+def mma(weights, inputs, acc, IEEE: tl.constexpr):
+    """``acc + weights @ inputs`` on tensor cores. IEEE: as exact fp32 products (fp32 models, not
+    TF32; and in Triton's interpreter, whose ``tl.dot`` multiplies bf16 operands' raw bits)."""
+    if IEEE:
+        acc = tl.dot(weights.to(tl.float32), inputs.to(tl.float32), acc, input_precision="ieee")
+    else:
+        acc = tl.dot(weights, inputs, acc)
+    return acc
+
+
+@triton.jit
+def gemm_kernel(x_ptr, w_ptr, out_ptr, norm_ptr, res_ptr, best_ptr, best_index_ptr, N, K, eps,
+                B: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                NORM: tl.constexpr, EPILOGUE: tl.constexpr, ARGMAX: tl.constexpr, OVERLAP: tl.constexpr,
+                IEEE: tl.constexpr):
+    """The product of :func:`gemv_kernel` for a batch of rows, on tensor cores: each program computes
+    ``acc[BLOCK_N, BLOCK_B] = W[n-tile, :] @ x^T``, the weight rows being the dot's M side and the
+    batch (padded to BLOCK_B >= 16) its N side. The norm's 1/RMS scales the accumulator's columns at
+    the end; its sum of squares is gathered from the same input tiles the product reads."""
+    pid = tl.program_id(0)
+    offs_n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_b = tl.arange(0, BLOCK_B)
+    mask_n = offs_n < N
+    mask_b = offs_b < B
+    lanes = tl.arange(0, BLOCK_K)
+    # the first weight tile (gate and up rows for SwiGLU) is in flight before the wait
+    first_mask = mask_n[:, None] & (lanes[None, :] < K)
+    first = tl.load(w_ptr + offs_n[:, None] * K + lanes[None, :], mask=first_mask, other=0.0)
+    if EPILOGUE == 2:  # gate rows are 0..N-1, up rows N..2N-1
+        first_up = tl.load(w_ptr + (offs_n[:, None] + N) * K + lanes[None, :], mask=first_mask, other=0.0)
+    wait_for_previous_kernel(OVERLAP)
+    xs, squares = transposed_input_tile(x_ptr, norm_ptr, offs_b, mask_b, lanes, lanes < K, K, NORM)
+    acc = mma(first, xs, tl.zeros([BLOCK_N, BLOCK_B], dtype=tl.float32), IEEE)
+    acc_up = tl.zeros([BLOCK_N, BLOCK_B], dtype=tl.float32)
+    if EPILOGUE == 2:
+        acc_up = mma(first_up, xs, acc_up, IEEE)
+    for k0 in range(BLOCK_K, K, BLOCK_K):
+        offs_k = k0 + lanes
+        mask_k = offs_k < K
+        tile_mask = mask_n[:, None] & mask_k[None, :]
+        w = tl.load(w_ptr + offs_n[:, None] * K + offs_k[None, :], mask=tile_mask, other=0.0)
+        xs, tile_squares = transposed_input_tile(x_ptr, norm_ptr, offs_b, mask_b, offs_k, mask_k, K, NORM)
+        squares += tile_squares
+        acc = mma(w, xs, acc, IEEE)
+        if EPILOGUE == 2:
+            w_up = tl.load(w_ptr + (offs_n[:, None] + N) * K + offs_k[None, :], mask=tile_mask, other=0.0)
+            acc_up = mma(w_up, xs, acc_up, IEEE)
+    if NORM:
+        rstd = 1.0 / tl.sqrt(squares / K + eps)
+        acc = acc * rstd[None, :]
+        acc_up = acc_up * rstd[None, :]
+    product_epilogue(acc, acc_up, out_ptr, res_ptr, best_ptr, best_index_ptr, offs_b[None, :] * N + offs_n[:, None],
+                     mask_n[:, None] & mask_b[None, :], offs_b, mask_b, pid, BLOCK_N, EPILOGUE, ARGMAX, 0)
 
 
 @triton.jit
@@ -113,8 +189,8 @@ def attend(query, cached_keys, cached_values, filled, best, total, acc):
 def decode_attention_kernel(qkv_ptr, cos_ptr, sin_ptr, pos_ptr, cache_ptr, out_ptr, partial_ptr, HEADS, KV_HEADS,
                             cache_batch_stride, cache_head_stride, scale, SPLIT_LEN, D: tl.constexpr,
                             BLOCK_S: tl.constexpr, SPLITS: tl.constexpr, OVERLAP: tl.constexpr):
-    row = tl.program_id(0)
-    head = tl.program_id(1)
+    head = tl.program_id(0)  # a row's heads launch together, so a KV head's query group shares its blocks in L2
+    row = tl.program_id(1)
     split = tl.program_id(2)  # cache positions split * SPLIT_LEN .. + SPLIT_LEN (flash-decoding)
     kv_head = head % KV_HEADS  # query head h reads KV head h % KV_HEADS (the model's layout)
     # before the wait: the position (advanced by the previous step), the RoPE row and the split's
@@ -175,8 +251,8 @@ def combine_splits_kernel(partial_ptr, out_ptr, HEADS, D: tl.constexpr, SPLITS: 
                           BLOCK_SPLITS: tl.constexpr, OVERLAP: tl.constexpr):
     """Each (row, head)'s attention from its splits' states: weights exp(max_s - max), empty splits 0."""
     wait_for_previous_kernel(OVERLAP)
-    row = tl.program_id(0)
-    head = tl.program_id(1)
+    head = tl.program_id(0)
+    row = tl.program_id(1)
     splits = tl.arange(0, BLOCK_SPLITS)
     dims = tl.arange(0, D)
     used = splits < SPLITS
@@ -191,15 +267,28 @@ def combine_splits_kernel(partial_ptr, out_ptr, HEADS, D: tl.constexpr, SPLITS: 
 
 @triton.jit
 def finish_step_kernel(best_ptr, best_index_ptr, programs, tokens_ptr, pos_ptr, step_ptr, out_ptr, out_stride,
-                       out_len, B: tl.constexpr, BLOCK_P: tl.constexpr, OVERLAP: tl.constexpr):
+                       out_len, B: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_P: tl.constexpr,
+                       OVERLAP: tl.constexpr):
+    """Every row's greedy token from its candidates, ``BLOCK_P`` candidates of all rows at a time; an
+    earlier chunk keeps a tie, and ``tl.argmax`` takes the first within one, as ``torch.argmax``."""
     wait_for_previous_kernel(OVERLAP)
+    rows = tl.arange(0, BLOCK_B)
+    used = rows < B
     lanes = tl.arange(0, BLOCK_P)
+    best = tl.full([BLOCK_B], float("-inf"), tl.float32)
+    winner = tl.zeros([BLOCK_B], dtype=tl.int32)
+    for start in range(0, programs, BLOCK_P):
+        at = start + lanes
+        candidates = tl.load(best_ptr + rows[:, None] * programs + at[None, :],
+                             mask=used[:, None] & (at[None, :] < programs), other=float("-inf"))
+        chunk_best = tl.max(candidates, axis=1)
+        better = chunk_best > best
+        winner = tl.where(better, start + tl.argmax(candidates, axis=1), winner)
+        best = tl.where(better, chunk_best, best)
+    token = tl.load(best_index_ptr + rows * programs + winner, mask=used)
     step = tl.load(step_ptr)
-    for row in tl.static_range(B):
-        candidates = tl.load(best_ptr + row * programs + lanes, mask=lanes < programs, other=float("-inf"))
-        winner = tl.argmax(candidates, axis=0)  # the first on a tie, like torch.argmax
-        token = tl.load(best_index_ptr + row * programs + winner)
-        tl.store(out_ptr + row * out_stride + step, token, mask=step < out_len)
-        tl.store(tokens_ptr + row, token)
-        tl.store(pos_ptr + row, tl.load(pos_ptr + row) + 1)
+    in_output = (rows * 0 + step) < out_len  # the step as a [BLOCK_B] vector, like the mask it joins
+    tl.store(out_ptr + rows * out_stride + step, token, mask=used & in_output)
+    tl.store(tokens_ptr + rows, token, mask=used)
+    tl.store(pos_ptr + rows, tl.load(pos_ptr + rows, mask=used) + 1, mask=used)
     tl.store(step_ptr, step + 1)

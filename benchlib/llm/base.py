@@ -109,6 +109,16 @@ class GenerationResult:
         return sum(len(request.output_ids) for request in self.requests)
 
 
+def decode_bytes_per_step(shape: ModelShape, dtype: str, result: GenerationResult) -> float:
+    """Mean bytes a decode step reads in ``result``: all weights + K/V at each row's mean context.
+
+    Row b attends prompt_b + i positions at decode step i (1..n-1), i.e. prompt_b + n/2 on average.
+    """
+    output_len = len(result.requests[0].output_ids)
+    context = sum(request.prompt_len + output_len / 2.0 for request in result.requests)
+    return shape.decode_weight_bytes(dtype) + context * shape.kv_bytes_per_token(dtype)
+
+
 class Backend(ABC):
     """One way of running a model: build in ``__init__``, serve generations, release in ``close``."""
 

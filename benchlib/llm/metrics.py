@@ -25,7 +25,7 @@ import numpy as np
 
 from ..timer import Sample
 from ..workloads import Metric
-from .base import GenerationResult
+from .base import GenerationResult, decode_bytes_per_step  # noqa: F401  (re-exported)
 from .model import ModelShape
 
 S = "s"
@@ -56,16 +56,6 @@ class ScenarioInfo:
     ceilings: Ceilings = Ceilings()
     kv_cache_allocated_bytes: int | None = None  # a static cache's real allocation
     peak_memory_bytes: int | None = None
-
-
-def decode_bytes_per_step(shape: ModelShape, dtype: str, result: GenerationResult) -> float:
-    """Mean bytes a decode step reads in ``result``: all weights + K/V at each row's mean context.
-
-    Row b attends prompt_b + i positions at decode step i (1..n-1), i.e. prompt_b + n/2 on average.
-    """
-    output_len = len(result.requests[0].output_ids)
-    context = sum(request.prompt_len + output_len / 2.0 for request in result.requests)
-    return shape.decode_weight_bytes(dtype) + context * shape.kv_bytes_per_token(dtype)
 
 
 def scenario_metrics(results: list[GenerationResult], info: ScenarioInfo) -> list[Metric]:

@@ -229,12 +229,13 @@ class Session:
 
     def __init__(self, model: ReferenceModel, batch: int, max_tokens: int, max_new_tokens: int,
                  fused: bool = False, overlap: bool | None = None, attention_split_len: int | None = None,
-                 tiles_for_overlap: bool | None = None):
+                 tiles: Any = None):
         """``fused``: the decode step through :mod:`benchlib.llm.kernels`; ``overlap``: their
         programmatic dependent launch (None: wherever :func:`kernels.overlap_unavailable` allows);
         ``attention_split_len``: cache positions per attention program (None: the kernels' choice);
-        ``tiles_for_overlap``: the products' tiles tuned with or without overlap (None: as launched;
-        set apart only to compare the two launch modes on the same arithmetic)."""
+        ``tiles``: the products' :class:`benchlib.llm.tiles.TileChoice` (None: the measured tiles
+        of this GPU where known, without searching, else the defaults; given apart from ``overlap``
+        only to compare the two launch modes on the same arithmetic)."""
         import torch
 
         s, device = model.shape, model.device
@@ -258,22 +259,22 @@ class Session:
             self.mlp_hidden = torch.zeros((batch, s.intermediate), device=device, dtype=dtype)
             self.attention_out = torch.zeros((batch, s.heads * s.head_dim), device=device, dtype=dtype)
             from . import kernels
+            from . import tiles as tile_table
 
             unavailable = kernels.overlap_unavailable(device)
             if overlap and unavailable:
                 raise ValueError(f"overlap was asked for but {unavailable}")
             self.overlap = unavailable is None if overlap is None else overlap
-            tuned = self.overlap if tiles_for_overlap is None else tiles_for_overlap
+            self.tile_choice = tiles or tile_table.for_session(s, model.dtype, batch, self.overlap, device)
+            if self.tile_choice.key.bucket != tile_table.batch_bucket(batch):
+                raise ValueError(f"tiles for {self.tile_choice.key.label()} do not serve batch {batch}")
             # QKV, O, gate/up, down; the LM head's tiles live in its Argmax
-            self.tiles = tuple(kernels.default_config(norm, residual, swiglu, batch, overlap=tuned)
-                               for norm, residual, swiglu in ((True, False, False), (False, True, False),
-                                                              (True, False, True), (False, True, False)))
+            self.tiles = tuple(self.tile_choice.tiles[name] for name in ("qkv", "o", "gate_up", "down"))
             self.attention_split_len = attention_split_len or kernels.attention_split_len(self.max_seq)
             splits = kernels.attention_splits(self.max_seq, self.attention_split_len)  # per-split softmax states
             self.attention_partials = torch.empty((batch, s.heads, splits, s.head_dim + 2), device=device,
                                                   dtype=torch.float32) if splits > 1 else None
-            head_tiles = kernels.default_config(True, False, False, batch, argmax=True, overlap=tuned)
-            self.argmax = kernels.Argmax(batch, s.vocab, device, head_tiles)
+            self.argmax = kernels.Argmax(batch, s.vocab, device, self.tile_choice.tiles["lm_head"])
 
     @property
     def k_cache(self):

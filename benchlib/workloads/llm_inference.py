@@ -42,8 +42,9 @@ class LlmParams(CommonParams):
     input_dist: Literal["fixed", "uniform", "normal"] = "fixed"
     input_spread: float = Field(0.25, ge=0, lt=1)
     compile: bool = False  # torch.compile the reference decode step
-    # the reference decode step's kernels: auto = fused Triton kernels for a CUDA graph at batch <= 8
-    # when Triton is importable, else PyTorch ops; triton / torch force one (see benchlib/llm/kernels.py)
+    # the reference decode step's kernels: auto = fused Triton kernels for a CUDA graph where they compile
+    # and work on this GPU, at batch 1 and, up to 64, where the tile search measured them faster than
+    # cuBLAS; else PyTorch ops; triton / torch force one (docs/llm.md, benchlib/llm/tiles.py)
     kernels: Kernels = "auto"
     model_path: str | None = None  # tensorrt-llm: a Hugging Face checkpoint directory instead of random weights
     mem_bw_gbs: float | None = Field(None, gt=0)  # a measured bandwidth for the decode roofline
