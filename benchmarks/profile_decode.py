@@ -5,8 +5,9 @@ Run on a GPU (under a minute):
     python benchmarks/profile_decode.py [--kernels triton|torch] [--batch 1] [--steps 20] [--no-overlap]
 
 Captures the decode step of the Llama 3.2 1B shape (bf16, 128-token prompt) in a CUDA graph like
-the benchmark does, replays it ``--steps`` times under ``torch.profiler`` and prints the GPU time
-per step by kernel name, with each kernel's count per step, and the step's wall time from CUDA
+the benchmark does (with this GPU's tiles: shipped, cached, else searched first; see
+:mod:`benchlib.llm.tiles`), replays it ``--steps`` times under ``torch.profiler`` and prints the GPU
+time per step by kernel name, with each kernel's count per step, and the step's wall time from CUDA
 events (the sum of kernel times is below it by the gaps between kernels). With the fused kernels'
 programmatic dependent launch, a kernel starts while its predecessor drains and its time includes
 that wait, so the times overlap and their sum exceeds the wall time; ``--no-overlap`` launches
@@ -65,6 +66,7 @@ def main() -> int:
     overlap = " with overlap" if backend.session.overlap else ""
     print(f"{args.kernels} kernels{overlap}, batch {args.batch}: step {step_us:.1f} us wall (CUDA events), "
           f"{kernel_us:.1f} us in kernels, {sum(n for _, n in totals.values()):.0f} kernels per step")
+    print(backend.clock)  # with the fused kernels, their tiles and where they came from
     for name, (total, count) in sorted(totals.items(), key=lambda item: -item[1][0])[:15]:
         print(f"{total:8.1f} us  {count:5.0f}x  {name[:100]}")
     return 0
