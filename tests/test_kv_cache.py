@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from benchlib import run_benchmark
 from benchlib.device import Device
