@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from . import _atomic, ceilings, fingerprint, redact, schema
-from .device import Device, resolve_device
+from .device import Device, ordinals_for, resolve_device
 from .errors import SkipCase
 from .params import CommonParams, expand_cases, validate
 from .schema import RunContext
@@ -61,7 +61,8 @@ def run_benchmark(
     env = fingerprint.capture()
     frames = []
     hz = cases[0].telemetry_hz
-    with (NvmlSampler(hz=hz) if hz > 0 else _NoSampler()) as sampler:
+    gpus = ordinals_for(case.device for case in cases)  # the GPUs these cases run on, not every GPU of the host
+    with (NvmlSampler(hz=hz, gpu_indices=gpus or [0]) if hz > 0 else _NoSampler()) as sampler:
         for case in cases:
             frames.append(_run_case(workload, case, context))
     env["telemetry"] = sampler.summary()

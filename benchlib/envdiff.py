@@ -30,6 +30,10 @@ IGNORED: tuple[str, ...] = (
     "cgroup.path", "cgroup.path.*",  # per-process cgroup paths
     "cgroup.cpu_stat.nr_periods", "cgroup.cpu_stat.throttled_usec",  # cumulative counters
     "memory.mem_available_bytes", "memory.cuda_mem_get_info.free_bytes", "shm.free_bytes",
+    # instants of memory use: the memory findings (benchlib.checks.memory) compare them between arms
+    "memory.mem_free_bytes", "memory.page_cache_bytes", "memory.sreclaimable_bytes", "memory.available_bytes",
+    "memory.available_how", "memory.cgroup_memory_current_bytes", "memory.cgroup_memory_peak_bytes",
+    "telemetry.memory_peaks", "telemetry.memory_peaks.*", "telemetry.energy_hz_per_gpu",
     "gpus.*.sm_clock_mhz", "gpus.*.mem_clock_mhz", "gpus.*.performance_state",  # instants: see telemetry
     "gpus.*.clock_event_reasons",
     "telemetry.hz_achieved", "telemetry.polls", "telemetry.dropped_polls", "telemetry.mean_poll_cost_us",

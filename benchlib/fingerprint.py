@@ -24,8 +24,9 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable, Mapping
 
+from . import hostmem
 from .redact import REDACTED, redact  # noqa: F401  (re-exported: the fingerprint's redaction)
-from .telemetry import NvmlUnavailable, decode_clock_event_reasons, nvml_session
+from .telemetry import NvmlUnavailable, decode_clock_event_reasons, nvml_session, visible_devices
 
 ENV_PREFIXES = ("CUDA_", "NVIDIA_", "TORCH_", "NCCL_", "OMP_", "PYTORCH_", "MKL_", "BENCHLIB_", "TRITON_")
 ENGINES = ("docker", "podman", "apptainer", "enroot", "containerd", "kubernetes", "runc")
@@ -79,6 +80,7 @@ def capture() -> dict[str, Any]:
             "versions": _safe(_versions, torch, nvml, nvml_status),
             "torch": _safe(_torch, torch, nvml),
             "gpus": _safe(_gpus, nvml) if nvml else nvml_status,
+            "visible_devices": _safe(_visible_devices, nvml) if nvml else nvml_status,
             "cpu": _safe(_cpu),
             "cgroup": _safe(_cgroup),
             "memory": _safe(_memory, torch),
@@ -396,7 +398,58 @@ def _capability(torch: ModuleType, nvml: ModuleType | None) -> tuple[int, int] |
 
 
 def _gpus(nvml: ModuleType) -> list[dict[str, Any]]:
-    return [_gpu(nvml, nvml.nvmlDeviceGetHandleByIndex(i), i) for i in range(nvml.nvmlDeviceGetCount())]
+    """One entry per GPU NVML lists; a GPU NVML cannot read (lost, in reset) is one entry with its
+    ``error`` and never takes the others' entries with it."""
+    return [_gpu_or_error(nvml, i) for i in range(nvml.nvmlDeviceGetCount())]
+
+
+def _gpu_or_error(nvml: ModuleType, index: int) -> dict[str, Any]:
+    try:
+        h = nvml.nvmlDeviceGetHandleByIndex(index)
+        nvml.nvmlDeviceGetUUID(h)  # a lost GPU fails here: one error instead of one per probe
+    except Exception as exc:
+        return {"index": index, "error": f"{type(exc).__name__}: {exc}"}
+    return _gpu(nvml, h, index)
+
+
+def _visible_devices(nvml: ModuleType) -> dict[str, Any]:
+    """The devices this process's CUDA sees (CUDA_VISIBLE_DEVICES), in CUDA order: the GPU whose
+    counters telemetry reads and, for a MIG slice, the slice's own UUID and profile."""
+    spec = os.environ.get("CUDA_VISIBLE_DEVICES")
+    devices = []
+    for ordinal, device in enumerate(visible_devices(nvml, spec)):
+        parent = _safe(lambda: _text(nvml.nvmlDeviceGetUUID(nvml.nvmlDeviceGetHandleByIndex(device.nvml_index))))
+        devices.append({"cuda_ordinal": ordinal, "nvml_index": device.nvml_index, "gpu_uuid": parent,
+                        "mig_uuid": device.mig_uuid, "mig_name": device.mig_name,
+                        "mig_profile": mig_profile(device.mig_name) if device.mig_name else None})
+    return {"cuda_visible_devices": spec, "devices": devices}
+
+
+def mig_profile(name: str | None) -> str | None:
+    """The MIG profile in a MIG device's name (``"NVIDIA H100 80GB HBM3 MIG 1g.10gb"`` -> ``"1g.10gb"``)."""
+    match = re.search(r"\bMIG\s+(\d+g\.\d+gb(?:\+me)?)\s*$", name or "", re.I)
+    return match[1] if match else None
+
+
+def _mig_devices(nvml: ModuleType, h: Any) -> list[dict[str, Any]]:
+    """The MIG slices of a GPU in MIG mode: identity, profile, SMs and memory of each."""
+    slices = []
+    for slot in range(nvml.nvmlDeviceGetMaxMigDeviceCount(h)):
+        try:
+            mig = nvml.nvmlDeviceGetMigDeviceHandleByIndex(h, slot)
+        except nvml.NVMLError:
+            continue  # an empty slot
+        name = _safe(lambda: _text(nvml.nvmlDeviceGetName(mig)))
+        attributes = _safe(nvml.nvmlDeviceGetAttributes, mig)
+        slices.append({
+            "uuid": _safe(lambda: _text(nvml.nvmlDeviceGetUUID(mig))), "name": name,
+            "profile": mig_profile(name) if isinstance(name, str) else None,
+            "gpu_instance_id": _safe(nvml.nvmlDeviceGetGpuInstanceId, mig),
+            "compute_instance_id": _safe(nvml.nvmlDeviceGetComputeInstanceId, mig),
+            "sm_count": getattr(attributes, "multiprocessorCount", attributes),
+            "memory_total_bytes": attributes.memorySizeMB * 2**20 if hasattr(attributes, "memorySizeMB") else attributes,
+        })
+    return slices
 
 
 def _gpu(nvml: ModuleType, h: Any, index: int) -> dict[str, Any]:
@@ -430,6 +483,8 @@ def _gpu(nvml: ModuleType, h: Any, index: int) -> dict[str, Any]:
     })
     gpu |= pair(nvml.nvmlDeviceGetMigMode, "mig_mode", "mig_mode_pending")
     gpu |= pair(nvml.nvmlDeviceGetEccMode, "ecc_mode", "ecc_mode_pending")
+    if gpu.get("mig_mode") == getattr(nvml, "NVML_DEVICE_MIG_ENABLE", 1):
+        gpu["mig_devices"] = _safe(_mig_devices, nvml, h)
     return gpu
 
 
@@ -540,11 +595,13 @@ def _quota_cores(cpu_max: str | None) -> float | None:
     return int(quota) / int(period) if quota.isdigit() and period.isdigit() else None
 
 
-def _memory(torch: ModuleType | None) -> dict[str, Any]:
-    info = _colon_fields("/proc/meminfo")
-
-    def kib(key: str) -> int | None:
-        return int(info[key].split()[0]) * 1024 if key in info else None
+def _memory(torch: ModuleType | None, paths: hostmem.HostPaths = hostmem.DEFAULT_PATHS) -> dict[str, Any]:
+    """Host memory (/proc/meminfo), what is really available (page cache counted as reclaimable, the
+    cgroup limit applied: :func:`benchlib.hostmem.available`), the cgroup's usage and peak, and the
+    CUDA device's view (``cudaMemGetInfo``; whether the GPU shares the host's memory)."""
+    info = hostmem.meminfo(paths)
+    level = hostmem.cgroup_memory(paths)
+    room = hostmem.available(paths)
 
     def cuda_mem() -> dict[str, int] | None:
         if torch is None or not torch.cuda.is_available():
@@ -552,8 +609,19 @@ def _memory(torch: ModuleType | None) -> dict[str, Any]:
         free, total = torch.cuda.mem_get_info(0)
         return {"free_bytes": free, "total_bytes": total}
 
-    return {"mem_total_bytes": kib("MemTotal"), "mem_available_bytes": kib("MemAvailable"),
-            "cuda_mem_get_info": _safe(cuda_mem)}
+    def integrated() -> bool | None:
+        if torch is None or not torch.cuda.is_available():
+            return None
+        return bool(getattr(torch.cuda.get_device_properties(0), "is_integrated", False))
+
+    return {"mem_total_bytes": info.get("MemTotal"), "mem_available_bytes": info.get("MemAvailable"),
+            "mem_free_bytes": info.get("MemFree"), "page_cache_bytes": info.get("Cached"),
+            "sreclaimable_bytes": info.get("SReclaimable"), "swap_total_bytes": info.get("SwapTotal"),
+            "available_bytes": room.bytes, "available_how": room.how,
+            "cgroup_memory_current_bytes": level.current_bytes if level else None,
+            "cgroup_memory_peak_bytes": level.peak_bytes if level else None,
+            "cuda_mem_get_info": _safe(cuda_mem),
+            "cuda_device_integrated": _safe(integrated)}
 
 
 def _shm() -> dict[str, int]:

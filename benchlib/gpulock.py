@@ -7,10 +7,15 @@ either waits (``--gpu-lock wait``, the default: it says on stderr every :data:`R
 seconds when given) or refuses at once (``--gpu-lock refuse``: a :class:`DeviceBusyError` naming the
 holder, exit 2, nothing written). ``--gpu-lock off`` takes no lock.
 
-Which devices: every GPU NVML sees on the host, by UUID (a run may use any of them: container arms
-get all GPUs). Without a GPU the device is the host's CPU, identifier ``cpu``, so CPU runs on one
-host are serialised too (the CPU machine is the device then). ``BENCHLIB_GPU_IDS`` (comma-separated)
-replaces the detected identifiers: tests use it to play "several runs on one device" without a GPU.
+Which devices: the GPUs the run's invocations use, by UUID: those ``CUDA_VISIBLE_DEVICES`` names (every
+arm gets it: the runner forwards it into containers), narrowed to the CUDA ordinals the workloads ask
+for when the caller passes them (``DeviceLock(ordinals=...)``, from the cases' ``device`` parameters:
+:func:`benchlib.device.ordinals_for`). So two runs on an 8-GPU server, one with
+``CUDA_VISIBLE_DEVICES=0`` and one with ``CUDA_VISIBLE_DEVICES=1``, do not wait for each other. A MIG
+slice is locked by its own ``MIG-`` UUID. A GPU NVML cannot read is left out (its UUID is unknown).
+Without a GPU the device is the host's CPU, identifier ``cpu``, so CPU runs on one host are
+serialised too (the CPU machine is the device then). ``BENCHLIB_GPU_IDS`` (comma-separated) replaces
+the detected identifiers: tests use it to play "several runs on one device" without a GPU.
 
 How: one file per (host, device) in the lock directory (``$BENCHLIB_LOCK_DIR``, default
 ``/tmp/benchlib-locks``, created world-writable with the sticky bit so that runs of different users
@@ -35,9 +40,9 @@ import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
-from .device import host_gpu_uuids
+from .device import visible_gpu_uuids
 from .errors import BenchlibError
 
 MODES = ("wait", "refuse", "off")
@@ -73,10 +78,11 @@ def host_name() -> str:
     return socket.gethostname() or "localhost"
 
 
-def device_ids() -> tuple[str, ...]:
-    """The identifiers this host's runs lock: ``$BENCHLIB_GPU_IDS``, else the GPUs' UUIDs, else ``cpu``."""
+def device_ids(ordinals: Iterable[int] | None = None) -> tuple[str, ...]:
+    """The identifiers a run locks: ``$BENCHLIB_GPU_IDS``, else the UUIDs of the GPUs it uses (those
+    ``CUDA_VISIBLE_DEVICES`` lets CUDA see, only ``ordinals`` of them when given), else ``cpu``."""
     override = [part.strip() for part in os.environ.get(IDS_ENV, "").split(",") if part.strip()]
-    ids = override or list(host_gpu_uuids()) or [CPU_ID]
+    ids = override or list(visible_gpu_uuids(ordinals)) or [CPU_ID]
     return tuple(sorted(set(ids)))  # one global order: runs that wait on several devices never deadlock
 
 
@@ -107,11 +113,14 @@ def current_holder(device: str, directory: Path | None = None) -> Holder | None:
 
 
 class DeviceLock:
-    """Holds every device of :func:`device_ids` while in its ``with`` block (nothing with mode ``off``)."""
+    """Holds every device of :func:`device_ids` while in its ``with`` block (nothing with mode ``off``).
+
+    ``ordinals``: the CUDA ordinals the run's cases use (default: every GPU CUDA can see)."""
 
     def __init__(self, mode: str = "wait", timeout_s: float | None = None, run: str = "(starting)",
                  log: Callable[[str], None] = lambda message: print(message, file=sys.stderr),
-                 directory: Path | None = None, report_every_s: float = REPORT_EVERY_S):
+                 directory: Path | None = None, report_every_s: float = REPORT_EVERY_S,
+                 ordinals: Iterable[int] | None = None):
         if mode not in MODES:
             raise BenchlibError(f"--gpu-lock must be one of {', '.join(MODES)}, not {mode!r}.")
         if timeout_s is not None and not timeout_s > 0:
@@ -119,6 +128,7 @@ class DeviceLock:
         self.mode, self.timeout_s, self.run, self.log = mode, timeout_s, run, log
         self.directory = Path(directory) if directory else lock_dir()
         self.report_every_s = report_every_s
+        self.ordinals = None if ordinals is None else sorted(set(ordinals))
         self.host = host_name()
         self.started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
         self._held: list[tuple[int, str]] = []  # (fd, device)
@@ -160,7 +170,7 @@ class DeviceLock:
     def _acquire_all(self) -> None:
         self._make_dir()
         began = time.monotonic()
-        for device in device_ids():
+        for device in device_ids(self.ordinals):
             fd = self._open(lock_file(device, self.host, self.directory))
             try:
                 self._acquire(fd, device, began)

@@ -53,6 +53,19 @@ TELEMETRY_COLUMNS: dict[str, str] = {
     "mem_util_pct": "float64",
     "mem_used_bytes": "float64",
     "clock_event_reasons": "string",  # decoded names joined with "|", "" when none
+    # which GPU's counters the row holds: its UUID, and the MIG slice the invocation uses when the
+    # row is that slice's parent GPU (every tenant of the GPU shows in its counters); <NA> otherwise
+    "gpu_uuid": "string",
+    "mig_uuid": "string",
+    # memory, read at ~10 Hz (telemetry memory_hz) and on the first and last poll, NaN in between;
+    # host-wide and per process tree, the same in every arm (benchlib.hostmem)
+    "mem_available_bytes": "float64",  # /proc/meminfo MemAvailable: free + reclaimable page cache
+    "cgroup_mem_current_bytes": "float64",  # this process's cgroup memory.current (v1 usage_in_bytes)
+    "cgroup_mem_peak_bytes": "float64",  # memory.peak (v1 max_usage_in_bytes); NaN where absent
+    "proc_rss_bytes": "float64",  # RSS summed over this process and its descendants
+    "proc_gpu_bytes": "float64",  # the driver's view (NVML) of that process tree's memory on this GPU
+    "cuda_free_bytes": "float64",  # cudaMemGetInfo of the device (only once this process uses it)
+    "cuda_total_bytes": "float64",
 }
 
 #: Columns that identify one invocation of one case.

@@ -12,7 +12,7 @@ from benchlib.fingerprint import arch_support, capture, redact, to_json  # noqa:
 
 SECTIONS = {
     "captured_at", "host", "container", "arm", "process", "python", "versions", "torch", "gpus", "cpu",
-    "cgroup", "memory", "shm", "security", "limits", "mounts", "env",
+    "cgroup", "memory", "shm", "security", "limits", "mounts", "env", "visible_devices",
 }
 GPU_UUID = "GPU-3f2c1a4e-9b7d-4c61-8e2f-0a1b2c3d4e5f"
 DIGEST = "sha256:" + "0123456789abcdef" * 4
@@ -51,6 +51,13 @@ def test_capture_has_every_section_and_is_json() -> None:
     assert fp["limits"]["memlock"]["soft"] is not None
     assert fp["security"]["seccomp_mode"] in ("disabled", "strict", "filter")
     assert fp["torch"]["float32_matmul_precision"] in ("highest", "high", "medium")
+
+
+def test_memory_section_says_what_is_really_available() -> None:
+    memory = capture()["memory"]
+    assert memory["mem_available_bytes"] > 0 and memory["mem_total_bytes"] >= memory["mem_available_bytes"]
+    assert 0 < memory["available_bytes"] <= memory["mem_available_bytes"] and memory["available_how"]
+    assert memory["cuda_device_integrated"] is None or isinstance(memory["cuda_device_integrated"], bool)
 
 
 def test_capture_is_fast() -> None:

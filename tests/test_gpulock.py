@@ -162,9 +162,9 @@ def test_a_lock_left_by_a_killed_run_does_not_block(tmp_path: Path, lock_dir: Pa
 
 def test_without_a_gpu_the_device_is_the_hosts_cpu(monkeypatch):
     monkeypatch.delenv(gpulock.IDS_ENV, raising=False)
-    from benchlib.device import host_gpu_uuids
+    from benchlib.device import visible_gpu_uuids
 
-    expected = tuple(sorted(host_gpu_uuids())) or (gpulock.CPU_ID,)
+    expected = tuple(sorted(visible_gpu_uuids())) or (gpulock.CPU_ID,)
     assert gpulock.device_ids() == expected
     monkeypatch.setenv(gpulock.IDS_ENV, "b, a,,a")
     assert gpulock.device_ids() == ("a", "b")

@@ -22,6 +22,9 @@ from .model import ModelShape
 BackendName = Literal["reference", "transformers", "tensorrt-llm"]
 Mode = Literal["graph", "eager", "bench"]
 Kernels = Literal["auto", "triton", "torch"]
+#: ``static``: the cache the scenario needs (batch x longest request); ``free_memory``: a pool of
+#: ``kv_cache_free_fraction`` of the memory free after the weights, as TensorRT-LLM sizes its cache.
+KvCacheMode = Literal["static", "free_memory"]
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,9 @@ class BackendConfig:
     compile: bool = False
     model_path: str | None = None  # a Hugging Face checkpoint directory instead of random weights
     kernels: Kernels = "auto"  # reference decode step: fused Triton kernels or PyTorch ops
+    kv_cache: KvCacheMode = "static"
+    kv_cache_free_fraction: float = 0.9  # free_memory: share of the free memory after the weights
+    kv_cache_max_tokens: int | None = None  # free_memory: at most this many tokens (TensorRT-LLM's max_tokens)
 
     @property
     def max_tokens(self) -> int:
@@ -124,8 +130,12 @@ class Backend(ABC):
 
     #: How token times are taken, for the record (e.g. "cuda_event per decode step").
     clock: str = ""
-    #: Bytes of a KV cache the backend allocated up front (a static cache), else None.
+    #: Bytes of a KV cache the backend allocated up front (a static cache or a pool), else None.
     kv_cache_bytes: int | None = None
+    #: Tokens that KV cache holds (every request's positions together), else None.
+    kv_cache_tokens: int | None = None
+    #: How the cache was sized, for the record (e.g. "0.9 x 71.2 GiB free after the weights").
+    kv_cache_note: str = ""
 
     @abstractmethod
     def generate(self, batch: Batch) -> GenerationResult:

@@ -6,7 +6,9 @@ so they are stored once per generation). Per decode step of a lock-step batch: `
 (work = batch tokens). Per generation: ``generation`` (from the first request's start to the last
 token; work = output tokens of the batch, so its rate is the scenario's output tokens/s), and where
 a ceiling is known ``prefill_roofline_fraction`` and ``decode_roofline_fraction`` (unit "1").
-Per scenario: ``kv_cache_bytes`` and, on a GPU with an in-process torch backend, ``peak_memory``.
+Per scenario: ``kv_cache_bytes``, ``kv_cache_tokens`` where the backend knows the tokens its cache
+holds (a pool sized by free memory holds more than one batch needs), and, on a GPU with an in-process
+torch backend, ``peak_memory``.
 
 Every sample carries wall-clock start/end stamps, so telemetry (power, energy) joins to it; energy
 per output token is the analysis' job. Percentiles are derived from the samples, never stored.
@@ -54,7 +56,9 @@ class ScenarioInfo:
     clock: str
     stop_reason: str
     ceilings: Ceilings = Ceilings()
-    kv_cache_allocated_bytes: int | None = None  # a static cache's real allocation
+    kv_cache_allocated_bytes: int | None = None  # a static cache's (or a pool's) real allocation
+    kv_cache_tokens: int | None = None  # tokens that cache holds, all requests together
+    kv_cache_note: str = ""  # how it was sized
     peak_memory_bytes: int | None = None
 
 
@@ -63,6 +67,9 @@ def scenario_metrics(results: list[GenerationResult], info: ScenarioInfo) -> lis
     start_ns, end_ns = results[0].start_ns, results[-1].end_ns
     metrics = _request_metrics(results, info) + _token_metrics(results, info) + _generation_metrics(results, info)
     metrics.append(_kv_metric(info, start_ns, end_ns))
+    if info.kv_cache_tokens is not None:
+        metrics.append(Metric("kv_cache_tokens", TOKEN, [Sample(float(info.kv_cache_tokens), start_ns, end_ns)],
+                              note=f"tokens the KV cache holds; {info.kv_cache_note}".rstrip("; ")))
     if info.peak_memory_bytes is not None:
         metrics.append(Metric("peak_memory", "B", [Sample(float(info.peak_memory_bytes), start_ns, end_ns)],
                               note="torch.cuda.max_memory_allocated over the scenario (weights, cache, activations)"))
@@ -146,7 +153,8 @@ def _decode_fraction(result: GenerationResult, info: ScenarioInfo) -> Sample:
 def _kv_metric(info: ScenarioInfo, start_ns: int, end_ns: int) -> Metric:
     needed = info.batch * (info.max_input_len + info.output_len) * info.shape.kv_bytes_per_token(info.dtype)
     if info.kv_cache_allocated_bytes is not None:
-        value, note = info.kv_cache_allocated_bytes, f"static cache allocated (needed at full context: {needed} B)"
+        value, note = info.kv_cache_allocated_bytes, f"cache allocated (needed at full context: {needed} B)"
+        note += f"; {info.kv_cache_note}" if info.kv_cache_note else ""
     else:
         value, note = needed, "K/V bytes the batch holds at full context (longest prompt + all output tokens)"
     return Metric("kv_cache_bytes", "B", [Sample(float(value), start_ns, end_ns)], note=note)

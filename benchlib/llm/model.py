@@ -13,7 +13,10 @@ A :class:`Session` owns everything a decode step touches: the static KV cache
 ``[layers, batch, 2 * kv_heads, max_seq, head_dim]`` (K heads then V heads, so one write stores
 both; :attr:`Session.k_cache` / :attr:`Session.v_cache` are the ``[layers, batch, kv_heads,
 max_seq, head_dim]`` views), the current tokens, per-row positions, the step counter and the output
-buffer. :meth:`Session.decode_step` allocates nothing the caller keeps, takes its positions from a
+buffer. Given ``kv_pool_tokens`` (:func:`kv_pool_tokens`: a share of the free memory, as serving
+engines size their cache) the cache is the front of a pool of that many tokens, allocated whole and
+held for the session like an engine's block pool: the batch works on the positions it needs, so a
+larger pool holds more memory without changing a decode step's work. :meth:`Session.decode_step` allocates nothing the caller keeps, takes its positions from a
 device tensor and builds its attention mask from it, so it can be captured in a CUDA graph.
 """
 from __future__ import annotations
@@ -120,6 +123,14 @@ def torch_dtype(dtype: str):
 
 def aligned_seq_len(tokens: int) -> int:
     return -(-tokens // SEQ_ALIGN) * SEQ_ALIGN
+
+
+def kv_pool_tokens(free_bytes: int, fraction: float, shape: ModelShape, dtype: str,
+                   max_tokens: int | None = None) -> int:
+    """Tokens a KV cache of ``fraction`` of ``free_bytes`` holds (K and V of every layer per token),
+    at most ``max_tokens``: TensorRT-LLM's ``free_gpu_memory_fraction`` and ``max_tokens``."""
+    tokens = int(fraction * free_bytes) // shape.kv_bytes_per_token(dtype)
+    return max(0, min(tokens, max_tokens) if max_tokens is not None else tokens)
 
 
 @dataclass
@@ -229,8 +240,9 @@ class Session:
 
     def __init__(self, model: ReferenceModel, batch: int, max_tokens: int, max_new_tokens: int,
                  fused: bool = False, overlap: bool | None = None, attention_split_len: int | None = None,
-                 tiles: Any = None):
-        """``fused``: the decode step through :mod:`benchlib.llm.kernels`; ``overlap``: their
+                 tiles: Any = None, kv_pool_tokens: int | None = None):
+        """``kv_pool_tokens``: allocate the cache as a pool of that many tokens (None: exactly what
+        the batch needs); ``fused``: the decode step through :mod:`benchlib.llm.kernels`; ``overlap``: their
         programmatic dependent launch (None: wherever :func:`kernels.overlap_unavailable` allows);
         ``attention_split_len``: cache positions per attention program (None: the kernels' choice);
         ``tiles``: the products' :class:`benchlib.llm.tiles.TileChoice` (None: the measured tiles
@@ -242,7 +254,7 @@ class Session:
         self.model, self.batch, self.fused, self.overlap = model, batch, fused, False
         self.max_seq = aligned_seq_len(max_tokens)
         dtype = torch_dtype(model.dtype)
-        self.kv = torch.zeros((s.layers, batch, 2 * s.kv_heads, self.max_seq, s.head_dim), device=device, dtype=dtype)
+        self.kv_pool, self.kv = self._allocate_cache(s, batch, kv_pool_tokens, device, dtype)
         self.kv_layers = list(self.kv.unbind(0))
         self.rope = model.rope_tables(self.max_seq)
         self.tokens = torch.zeros(batch, dtype=torch.long, device=device)
@@ -276,6 +288,29 @@ class Session:
                                                   dtype=torch.float32) if splits > 1 else None
             self.argmax = kernels.Argmax(batch, s.vocab, device, self.tile_choice.tiles["lm_head"])
 
+    def _allocate_cache(self, s: ModelShape, batch: int, pool_tokens: int | None, device: str, dtype: Any):
+        """(pool, cache): the cache alone, or the front of a pool of ``pool_tokens`` tokens."""
+        import torch
+
+        layout = (s.layers, batch, 2 * s.kv_heads, self.max_seq, s.head_dim)
+        if pool_tokens is None:
+            cache = torch.zeros(layout, device=device, dtype=dtype)
+            return cache, cache
+        needed = batch * self.max_seq
+        if pool_tokens < needed:
+            raise RuntimeError(f"the KV cache sized by free memory holds {pool_tokens} tokens, fewer than this batch "
+                               f"needs ({batch} x {self.max_seq} = {needed}); free memory, or lower batch, input_len "
+                               "or output_len")
+        per_token = s.layers * 2 * s.kv_heads * s.head_dim
+        pool = torch.empty(pool_tokens * per_token, device=device, dtype=dtype)  # held whole, like an engine's pool
+        return pool, pool[: needed * per_token].view(layout).zero_()
+
+    @property
+    def kv_capacity_tokens(self) -> int:
+        """Tokens the cache (or its pool) holds, all rows together."""
+        s = self.model.shape
+        return self.kv_pool.numel() // (s.layers * 2 * s.kv_heads * s.head_dim)
+
     @property
     def k_cache(self):
         return self.kv[:, :, : self.model.shape.kv_heads]
@@ -286,7 +321,7 @@ class Session:
 
     @property
     def kv_bytes(self) -> int:
-        return self.kv.numel() * self.kv.element_size()
+        return self.kv_pool.numel() * self.kv_pool.element_size()
 
     def reset(self) -> None:
         """Positions and step counter back to the start (before capture warm-up)."""

@@ -20,11 +20,12 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .. import hostmem
 from ..device import Device
 from ..errors import SkipCase
 from .base import Backend, BackendConfig, GenerationResult, RequestResult
 from .inputs import Batch, InputSpec
-from .model import ReferenceModel, Session
+from .model import ReferenceModel, Session, kv_pool_tokens
 
 CAPTURE_WARMUP_STEPS = 3
 
@@ -178,6 +179,34 @@ def fused_kernels_problem(torch_device: str, dtype: str, batch: int) -> str | No
     return _fused_problem(str(torch_device), dtype, batch > 1)
 
 
+def free_memory(device: Device, paths: hostmem.HostPaths = hostmem.DEFAULT_PATHS) -> tuple[int, str]:
+    """Bytes free for a KV cache now (after the weights), and where the figure comes from: on a GPU
+    ``cudaMemGetInfo`` after emptying torch's cache, as TensorRT-LLM and vLLM read it; on the CPU what
+    the host really has (:func:`benchlib.hostmem.available`)."""
+    if device.is_cuda:
+        import torch
+
+        torch.cuda.synchronize(device.torch_device)
+        torch.cuda.empty_cache()
+        free, _ = torch.cuda.mem_get_info(device.torch_device)
+        return int(free), "free after the weights (cudaMemGetInfo)"
+    room = hostmem.available(paths)
+    return room.bytes or 0, f"host memory available after the weights ({room.how})"
+
+
+def kv_pool_size(config: BackendConfig, device: Device,
+                 paths: hostmem.HostPaths = hostmem.DEFAULT_PATHS) -> tuple[int | None, str]:
+    """``kv_cache: free_memory``: the pool's tokens (:func:`benchlib.llm.model.kv_pool_tokens`) and how
+    they were worked out; ``static``: None (the batch's own cache) and a note saying so."""
+    if config.kv_cache == "static":
+        return None, "static: exactly what the batch needs (batch x longest request)"
+    free, where = free_memory(device, paths)
+    tokens = kv_pool_tokens(free, config.kv_cache_free_fraction, config.shape, config.dtype, config.kv_cache_max_tokens)
+    cap = f", capped at kv_cache_max_tokens={config.kv_cache_max_tokens}" if config.kv_cache_max_tokens else ""
+    return tokens, (f"free_memory: {config.kv_cache_free_fraction:g} x {free / 2**30:.2f} GiB {where} / "
+                    f"{config.shape.kv_bytes_per_token(config.dtype)} B per token = {tokens} tokens{cap}")
+
+
 def capture_graph(step: Callable[[], None]):
     """Warm ``step`` up on a side stream, then capture one call of it in a CUDA graph."""
     import torch
@@ -209,6 +238,7 @@ class ReferenceBackend(Backend):
         self.torch, self.device, self.output_len = torch, device, config.output_len
         self.model = model or ReferenceModel(config.shape, config.dtype, device.torch_device, config.seed)
         self.kernel_choice = resolve_kernels(config, device, overlap, tiles)
+        self.kv_pool_tokens, self.kv_cache_note = kv_pool_size(config, device)
         try:
             self._build(config, overlap)
         except Exception as exc:
@@ -223,7 +253,7 @@ class ReferenceBackend(Backend):
             self.kernel_choice = KernelChoice("torch", f"PyTorch ops because the fused step failed to build "
                                                        f"({error_cause(exc)})")
             self._build(config, overlap)
-        self.kv_cache_bytes = self.session.kv_bytes
+        self.kv_cache_bytes, self.kv_cache_tokens = self.session.kv_bytes, self.session.kv_capacity_tokens
         self.timer = _EventClock(torch, config.output_len) if device.is_cuda else _HostClock(config.output_len)
         how = "CUDA graph replay" if config.mode == "graph" else "eager step"
         per_token = "cuda_event per decode step" if device.is_cuda else "perf_counter per decode step"
@@ -243,7 +273,8 @@ class ReferenceBackend(Backend):
         """The session and its decode step (captured in a CUDA graph in graph mode)."""
         torch = self.torch
         self.session = Session(self.model, config.batch, config.max_tokens, config.output_len,
-                               fused=self.kernels == "triton", overlap=overlap, tiles=self.kernel_choice.tiles)
+                               fused=self.kernels == "triton", overlap=overlap, tiles=self.kernel_choice.tiles,
+                               kv_pool_tokens=self.kv_pool_tokens)
         step = self.session.decode_step
         if config.compile:
             step = torch.compile(step, dynamic=False)

@@ -14,8 +14,18 @@ directory):
   its printed report is parsed (:func:`parse_bench_report`). Those figures are aggregates that
   trtllm-bench computed, recorded as such, not samples.
 
+The KV cache: TensorRT-LLM always sizes its cache by free memory, ``free_gpu_memory_fraction`` (0.9
+by default) of what is free after the weights and its activation profiling. ``kv_cache: free_memory``
+states that fraction (``kv_cache_free_fraction``) and a cap (``kv_cache_max_tokens`` ->
+``KvCacheConfig.max_tokens``); ``static`` leaves TensorRT-LLM's own default. Either way the backend
+reports the cache it really got: ``LLM.get_kv_cache_capacity()`` (``maxNumBlocks``, ``tokensPerBlock``,
+``maxNumTokens``) where the installed version has it, else the ``kvCacheStats`` of the first iteration
+statistics (``LLM.get_stats``, with ``enable_iter_perf_stats`` turned on for that). Its bytes are those
+tokens times the model dtype's K/V bytes per token (``kv_cache_dtype`` is left at ``auto``).
+``trtllm-bench`` gets ``--kv_cache_free_gpu_mem_fraction``; its cache size is not reported.
+
 ``tensorrt_llm`` is imported only when the backend is built; without it the case is skipped with one
-sentence. Everything that does not need the library (dataset, arguments, command line, parser) is a
+sentence. Everything that does not need the library (dataset, arguments, command line, parsers) is a
 plain function, unit-tested without it.
 """
 from __future__ import annotations
@@ -61,9 +71,13 @@ def import_tensorrt_llm() -> Any:
     return tensorrt_llm
 
 
-def llm_kwargs(config: BackendConfig, checkpoint: str | Path) -> dict[str, Any]:
-    """Keyword arguments of ``tensorrt_llm.LLM`` for one scenario (PyTorch backend, LLM API 1.x)."""
-    return {
+def llm_kwargs(config: BackendConfig, checkpoint: str | Path, iteration_stats: bool = False) -> dict[str, Any]:
+    """Keyword arguments of ``tensorrt_llm.LLM`` for one scenario (PyTorch backend, LLM API 1.x).
+
+    ``iteration_stats``: turn on the per-iteration statistics, for versions whose ``LLM`` lacks
+    ``get_kv_cache_capacity`` (the cache size is then read from them).
+    """
+    kwargs = {
         "model": str(checkpoint),
         "dtype": TRT_DTYPES[config.dtype],
         "max_batch_size": config.batch,
@@ -72,6 +86,56 @@ def llm_kwargs(config: BackendConfig, checkpoint: str | Path) -> dict[str, Any]:
         "skip_tokenizer_init": True,
         "cuda_graph_config": {"batch_sizes": [config.batch]} if config.mode == "graph" else None,
     }
+    kv_cache = kv_cache_kwargs(config)
+    if kv_cache:
+        kwargs["kv_cache_config"] = kv_cache
+    if iteration_stats:
+        kwargs["enable_iter_perf_stats"] = True
+    return kwargs
+
+
+def kv_cache_kwargs(config: BackendConfig) -> dict[str, Any]:
+    """``KvCacheConfig`` fields: the stated fraction and cap with ``kv_cache: free_memory``, none
+    (TensorRT-LLM's own 0.9 of free memory) with ``static``."""
+    if config.kv_cache != "free_memory":
+        return {}
+    fields: dict[str, Any] = {"free_gpu_memory_fraction": config.kv_cache_free_fraction}
+    if config.kv_cache_max_tokens is not None:
+        fields["max_tokens"] = config.kv_cache_max_tokens
+    return fields
+
+
+@dataclass(frozen=True)
+class KvCapacity:
+    """The KV cache TensorRT-LLM allocated: blocks, tokens per block, tokens, and where that was read."""
+
+    blocks: int
+    tokens_per_block: int
+    tokens: int
+    source: str
+
+
+def kv_capacity_from_dict(capacity: dict[str, Any] | None, source: str) -> KvCapacity | None:
+    """``LLM.get_kv_cache_capacity()``'s answer (``maxNumBlocks``, ``tokensPerBlock``, ``maxNumTokens``),
+    or an iteration's ``kvCacheStats``; None when it holds no capacity."""
+    blocks, per_block = int((capacity or {}).get("maxNumBlocks") or 0), int((capacity or {}).get("tokensPerBlock") or 0)
+    if blocks <= 0 or per_block <= 0:
+        return None
+    return KvCapacity(blocks, per_block, int((capacity or {}).get("maxNumTokens") or blocks * per_block), source)
+
+
+def kv_capacity_from_stats(stats: Iterable[Any]) -> KvCapacity | None:
+    """The KV cache capacity in ``LLM.get_stats()``'s iteration statistics (JSON strings or dicts, each
+    with ``kvCacheStats``); the first iteration that has one."""
+    for entry in stats:
+        record = json.loads(entry) if isinstance(entry, str) else entry
+        if isinstance(record, (tuple, list)) and record:  # (iteration stats, request stats) in some versions
+            record = json.loads(record[0]) if isinstance(record[0], str) else record[0]
+        found = kv_capacity_from_dict(record.get("kvCacheStats") if isinstance(record, dict) else None,
+                                      "LLM.get_stats() kvCacheStats")
+        if found:
+            return found
+    return None
 
 
 def sampling_kwargs(output_len: int) -> dict[str, Any]:
@@ -92,12 +156,14 @@ def dataset_lines(spec: InputSpec, generations: int) -> Iterable[str]:
 def bench_command(checkpoint: str | Path, dataset: str | Path, config: BackendConfig, num_requests: int,
                   warmup_requests: int) -> list[str]:
     """The ``trtllm-bench throughput`` command for one scenario: ``batch`` requests in flight."""
+    fraction = (["--kv_cache_free_gpu_mem_fraction", f"{config.kv_cache_free_fraction:g}"]
+                if config.kv_cache == "free_memory" else [])
     return [
         "trtllm-bench", "--model", str(checkpoint), "--model_path", str(checkpoint), "throughput",
         "--dataset", str(dataset), "--backend", "pytorch",
         "--max_batch_size", str(config.batch), "--max_seq_len", str(config.max_tokens),
         "--concurrency", str(config.batch), "--num_requests", str(num_requests),
-        "--warmup", str(warmup_requests), "--eos_id", "-1", "--streaming",
+        "--warmup", str(warmup_requests), "--eos_id", "-1", "--streaming", *fraction,
     ]
 
 
@@ -185,18 +251,39 @@ class TrtLlmBackend(Backend):
         trtllm = import_tensorrt_llm()
         _require_gpu(device)
         self.output_len = config.output_len
+        self.config = config
         self.sampling = trtllm.SamplingParams(**sampling_kwargs(config.output_len))
         self.checkpoint = _Checkpoint(config, device)
+        self._capacity_api = hasattr(trtllm.LLM, "get_kv_cache_capacity")  # newer LLM API versions
         try:
-            self.llm = trtllm.LLM(**llm_kwargs(config, self.checkpoint.path))
+            self.llm = trtllm.LLM(**llm_kwargs(config, self.checkpoint.path, iteration_stats=not self._capacity_api))
         except BaseException:
             self.checkpoint.close()
             raise
         graphs = "CUDA graphs" if config.mode == "graph" else "no CUDA graphs"
         self.clock = f"perf_counter when each streamed chunk reaches the event loop (LLM API, {graphs})"
+        self.kv_cache_note = "not read yet"
+        self._capacity_pending = not self._capacity_api
+        if self._capacity_api:
+            self._record_capacity(kv_capacity_from_dict(self.llm.get_kv_cache_capacity(), "LLM.get_kv_cache_capacity()"))
+
+    def _record_capacity(self, capacity: KvCapacity | None) -> None:
+        """The cache TensorRT-LLM allocated, as tokens and bytes (tokens x the dtype's K/V bytes per token)."""
+        sizing = (f"free_gpu_memory_fraction {self.config.kv_cache_free_fraction:g}" if self.config.kv_cache == "free_memory"
+                  else "TensorRT-LLM's default free_gpu_memory_fraction")
+        if capacity is None:
+            self.kv_cache_note = f"{sizing}; TensorRT-LLM did not report its KV cache capacity"
+            return
+        self.kv_cache_tokens = capacity.tokens
+        self.kv_cache_bytes = capacity.tokens * self.config.shape.kv_bytes_per_token(self.config.dtype)
+        self.kv_cache_note = (f"{sizing}; {capacity.blocks} blocks x {capacity.tokens_per_block} tokens from "
+                              f"{capacity.source}; bytes = tokens x K/V bytes per token of {self.config.dtype}")
 
     def generate(self, batch: Batch) -> GenerationResult:
         requests = _run_coroutine(self._stream_all(batch))
+        if self._capacity_pending:  # once, after the first generation: its iteration statistics
+            self._capacity_pending = False
+            self._record_capacity(kv_capacity_from_stats(self.llm.get_stats(timeout=2)))
         return GenerationResult(tuple(requests), shared_timeline=False)
 
     async def _stream_all(self, batch: Batch) -> list[RequestResult]:

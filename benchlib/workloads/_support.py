@@ -13,12 +13,11 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from .. import hostmem
 from ..timer import Measurement, Sample
 from . import Metric
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
-#: cgroup v1 reports "no memory limit" as a page-rounded LONG_MAX; anything this large is no limit.
-_UNLIMITED_V1 = 2**62
 
 
 @dataclass(frozen=True)
@@ -48,27 +47,17 @@ def _read(path: Path) -> str | None:
         return None
 
 
+def _paths() -> hostmem.HostPaths:
+    return hostmem.HostPaths(cgroup=CGROUP_ROOT)  # read at call time: tests point CGROUP_ROOT elsewhere
+
+
 def _is_v2() -> bool:
-    return (CGROUP_ROOT / "cgroup.controllers").exists()
+    return hostmem.is_cgroup_v2(_paths())
 
 
 def cgroup_dir(controller: str) -> Path | None:
-    """This process's cgroup folder for ``controller`` (v2: the unified hierarchy), or None.
-
-    Inside a container with its own cgroup namespace the path in /proc/self/cgroup is not under
-    the mount; the mount itself is then the process's cgroup.
-    """
-    v2 = _is_v2()
-    for line in (_read(Path("/proc/self/cgroup")) or "").splitlines():
-        parts = line.split(":", 2)
-        if len(parts) != 3:
-            continue
-        _, controllers, path = parts
-        if (v2 and controllers == "") or (not v2 and controller in controllers.split(",")):
-            mount = CGROUP_ROOT if v2 else CGROUP_ROOT / controller
-            candidate = mount / path.lstrip("/")
-            return candidate if candidate.is_dir() else mount
-    return None
+    """This process's cgroup folder for ``controller`` (see :func:`benchlib.hostmem.cgroup_dir`)."""
+    return hostmem.cgroup_dir(_paths(), controller)
 
 
 def cpu_quota() -> CpuQuota:
@@ -108,22 +97,13 @@ def cpu_throttling() -> dict[str, int | None]:
 
 def memory_max() -> int | None:
     """cgroup memory.max in bytes; None when there is no limit or it cannot be read."""
-    base = cgroup_dir("memory")
-    if base is None:
-        return None
-    text = _read(base / "memory.max") if _is_v2() else _read(base / "memory.limit_in_bytes")
-    if text is None or not text.isdigit() or int(text) >= _UNLIMITED_V1:
-        return None
-    return int(text)
+    level = hostmem.cgroup_memory(_paths())
+    return level.max_bytes if level else None
 
 
 def meminfo_bytes(key: str) -> int | None:
     """A ``/proc/meminfo`` field (e.g. ``MemAvailable``) in bytes, or None."""
-    for line in (_read(Path("/proc/meminfo")) or "").splitlines():
-        name, _, rest = line.partition(":")
-        if name == key and rest.split():
-            return int(rest.split()[0]) * 1024
-    return None
+    return hostmem.meminfo(_paths()).get(key)
 
 
 def shm_space(path: str = "/dev/shm") -> tuple[int, int] | None:

@@ -8,6 +8,12 @@ with seeded random weights. A scenario is ``batch`` requests of ``input_len`` pr
 or drawn uniform / normal with ``input_spread``) generating exactly ``output_len`` tokens each (EOS
 ignored). The seed's scenarios T1-T6 are ``params/llm_inference/seed_t1.yaml`` .. ``seed_t6.yaml``.
 
+The KV cache (``kv_cache``): ``static`` holds exactly what the scenario needs, the same in every arm;
+``free_memory`` sizes it as the serving engines do, a share (``kv_cache_free_fraction``, TensorRT-LLM's
+``free_gpu_memory_fraction``) of the memory free after the weights, so an arm that leaves less memory
+gets a smaller cache, recorded as ``kv_cache_tokens``. Memory is also recorded per scenario:
+``process_peak_rss`` (the kernel's high-water mark of this process) and on a GPU ``cuda_free_at_end``.
+
 Params files list every case key: the runner names a case from the file's values before the
 notebook validates them, and telemetry is joined to results by that name. See docs/llm.md.
 """
@@ -20,7 +26,7 @@ from pydantic import Field, ValidationInfo, field_validator
 from .. import ceilings
 from ..device import Device
 from ..llm import SHAPES, BackendConfig, InputSpec, make_backend, run_scenario
-from ..llm.base import Kernels
+from ..llm.base import Kernels, KvCacheMode
 from ..llm.metrics import Ceilings, ScenarioInfo, scenario_metrics
 from ..llm.model import ModelShape, shape_from_hf_config
 from ..params import CommonParams
@@ -47,6 +53,11 @@ class LlmParams(CommonParams):
     # cuBLAS; else PyTorch ops; triton / torch force one (docs/llm.md, benchlib/llm/tiles.py)
     kernels: Kernels = "auto"
     model_path: str | None = None  # tensorrt-llm: a Hugging Face checkpoint directory instead of random weights
+    # static: the cache the scenario needs; free_memory: kv_cache_free_fraction of the memory free after
+    # the weights, as TensorRT-LLM sizes it (kv_cache_tokens records what it got); see docs/llm.md
+    kv_cache: KvCacheMode = "static"
+    kv_cache_free_fraction: float = Field(0.9, gt=0, le=1)
+    kv_cache_max_tokens: int | None = Field(None, gt=0)  # free_memory: at most this many tokens
     mem_bw_gbs: float | None = Field(None, gt=0)  # a measured bandwidth for the decode roofline
     peak_tflops: float | None = Field(None, gt=0)  # a stated peak for the prefill roofline
 
@@ -74,6 +85,14 @@ class LlmParams(CommonParams):
             raise ValueError("kernels: triton and compile: true exclude each other; choose one")
         return kernels
 
+    @field_validator("kv_cache")
+    @classmethod
+    def _kv_cache_sizing_needs_a_backend_that_does_it(cls, kv_cache: str, info: ValidationInfo) -> str:
+        if kv_cache == "free_memory" and info.data.get("backend") == "transformers":
+            raise ValueError("kv_cache: free_memory sizes the reference and tensorrt-llm caches; transformers "
+                             "grows its cache per request: use kv_cache: static")
+        return kv_cache
+
     @field_validator("model_path")
     @classmethod
     def _model_path_is_tensorrt_only(cls, path: str | None, info: ValidationInfo) -> str | None:
@@ -95,13 +114,32 @@ def _shape(params: LlmParams) -> ModelShape:
 
 
 def _ceilings(params: LlmParams, device: Device) -> Ceilings:
-    gpu = device.name if device.is_cuda else ""
-    bandwidth = params.mem_bw_gbs or ceilings.peak_mem_bw_gbs(gpu)
-    peak = params.peak_tflops or ceilings.peak_tflops(gpu, params.dtype)
+    found = ceilings.lookup(device.name if device.is_cuda else "cpu")
+    bandwidth = params.mem_bw_gbs or (found.spec.mem_bw_gbs if found.spec else None)
+    peak = params.peak_tflops or (found.spec.tflops.get(params.dtype) if found.spec else None)
     return Ceilings(
-        mem_bw_gbs=bandwidth, mem_bw_source="mem_bw_gbs parameter" if params.mem_bw_gbs else f"{gpu} datasheet",
-        peak_tflops=peak, peak_source="peak_tflops parameter" if params.peak_tflops else f"{gpu} datasheet, dense",
+        mem_bw_gbs=bandwidth, mem_bw_source="mem_bw_gbs parameter" if params.mem_bw_gbs else found.reason,
+        peak_tflops=peak, peak_source="peak_tflops parameter" if params.peak_tflops else f"{found.reason}, dense",
     )
+
+
+def _memory_metrics(device: Device) -> list[Metric]:
+    """The process's RSS high-water mark and, on a GPU, cudaMemGetInfo free with the backend still loaded."""
+    from .. import hostmem
+    from ._support import point_metric
+
+    metrics = []
+    peak = hostmem.peak_rss_bytes()
+    if peak is not None:
+        metrics.append(point_metric("process_peak_rss", "B", peak, note="VmHWM: the kernel's high-water mark of "
+                                    "this process's resident memory (its children are in telemetry proc_rss_bytes)"))
+    if device.is_cuda:
+        import torch
+
+        free, _ = torch.cuda.mem_get_info(device.torch_device)
+        metrics.append(point_metric("cuda_free_at_end", "B", free, note="cudaMemGetInfo free after the last "
+                                    "generation, model and KV cache still held"))
+    return metrics
 
 
 def run(params: LlmParams, device: Device) -> list[Metric]:
@@ -110,7 +148,8 @@ def run(params: LlmParams, device: Device) -> list[Metric]:
     shape = _shape(params)
     spec = params.input_spec(shape.vocab)
     config = BackendConfig(params.backend, shape, params.dtype, params.mode, params.batch, spec.max_input_len,
-                           params.output_len, params.seed, params.compile, params.model_path, params.kernels)
+                           params.output_len, params.seed, params.compile, params.model_path, params.kernels,
+                           params.kv_cache, params.kv_cache_free_fraction, params.kv_cache_max_tokens)
     if params.mode == "bench":
         from ..llm.trtllm import run_bench
 
@@ -122,15 +161,17 @@ def run(params: LlmParams, device: Device) -> list[Metric]:
     backend = make_backend(config, device)
     try:
         results, stop_reason = run_scenario(backend, spec, params.timer_config())
+        memory = _memory_metrics(device)
     finally:
         backend.close()
     info = ScenarioInfo(
         shape, params.dtype, params.batch, spec.max_input_len, params.output_len, backend.clock, stop_reason,
         _ceilings(params, device), kv_cache_allocated_bytes=backend.kv_cache_bytes,
+        kv_cache_tokens=backend.kv_cache_tokens, kv_cache_note=backend.kv_cache_note,
         peak_memory_bytes=torch.cuda.max_memory_allocated(device.torch_device)
         if device.is_cuda and params.backend != "tensorrt-llm" else None,
     )
-    return scenario_metrics(results, info)
+    return scenario_metrics(results, info) + memory
 
 
 WORKLOAD = Workload(
