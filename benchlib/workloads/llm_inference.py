@@ -21,7 +21,8 @@ from .. import ceilings
 from ..device import Device
 from ..llm import SHAPES, BackendConfig, InputSpec, make_backend, run_scenario
 from ..llm.base import Kernels
-from ..llm.metrics import Ceilings, ScenarioInfo, scenario_metrics
+from ..llm.metrics import METRIC_SPECS, Ceilings, ScenarioInfo, scenario_metrics
+from ..llm.trtllm import BENCH_METRIC_SPECS
 from ..llm.model import ModelShape, shape_from_hf_config
 from ..params import CommonParams
 from . import Metric, Workload
@@ -138,4 +139,5 @@ WORKLOAD = Workload(
     params_model=LlmParams,
     case_keys=("backend", "shape", "dtype", "mode", "batch", "input_len", "output_len"),
     run=run,
+    metrics=METRIC_SPECS + BENCH_METRIC_SPECS,
 )
