@@ -27,15 +27,18 @@ CONTEXT_COLUMNS = ["benchmark", "case", "metric", "role", "label", "unit", "base
 PROBLEM_COLUMNS = ["benchmark", "case", "metric", "arm", "invocations", "worst", "bound", "text"]
 
 
-def _ok(results: pd.DataFrame) -> pd.DataFrame:
+def _ok(results: pd.DataFrame, columns: list[str] | None = None) -> pd.DataFrame:
+    """The ok rows (of ``columns`` only, when given: taking every column of a large frame is slow)."""
     ok = results["status"].eq(STATUS_OK).to_numpy(dtype=bool, na_value=False)
-    return results.loc[ok]
+    return results.loc[ok, columns if columns is not None else results.columns]
 
 
 def specs_of(results: pd.DataFrame) -> dict[tuple[str, str], MetricSpec]:
     """The spec of every (benchmark, metric) in the results: declared, or inferred from the unit."""
     declared = spec_registry()
-    pairs = _ok(results)[["benchmark", "metric", "unit"]].drop_duplicates(["benchmark", "metric"])
+    columns = [c for c in ("benchmark", "metric", "unit") if c in results.columns]
+    rows = _ok(results, columns) if "status" in results.columns else results[columns]
+    pairs = rows.drop_duplicates(["benchmark", "metric"]).reindex(columns=["benchmark", "metric", "unit"])
     return {(b, m): declared.get((b, m)) or inferred_spec(m, u)
             for b, m, u in pairs.itertuples(index=False, name=None)}
 
@@ -43,23 +46,30 @@ def specs_of(results: pd.DataFrame) -> dict[tuple[str, str], MetricSpec]:
 def undeclared(results: pd.DataFrame) -> list[tuple[str, str]]:
     """(benchmark, metric) pairs in the results that no workload declares."""
     declared = spec_registry()
-    pairs = _ok(results)[["benchmark", "metric"]].drop_duplicates()
+    pairs = _ok(results, ["benchmark", "metric"]).drop_duplicates()
     return sorted({(b, m) for b, m in pairs.itertuples(index=False, name=None) if (b, m) not in declared})
 
 
 def _roles(results: pd.DataFrame) -> np.ndarray:
+    """The role of each row's metric ("" for rows of a metric with no ok row, such as a failed case's)."""
     specs = specs_of(results)
-    keys = zip(results["benchmark"], results["metric"])
-    return np.array([specs[key].role if key in specs else "" for key in keys], dtype=object)
+    groups = results.groupby(["benchmark", "metric"], sort=False, dropna=False)
+    first = groups.head(1)[["benchmark", "metric"]].itertuples(index=False, name=None)
+    roles = np.array([specs[key].role if key in specs else "" for key in first], dtype=object)
+    return roles[groups.ngroup().to_numpy()]
 
 
 def performance_rows(results: pd.DataFrame) -> pd.DataFrame:
-    """The rows of performance metrics (every status, so failed cases still show as such)."""
+    """The rows of performance metrics (every status, so failed cases still show as such). Also takes a
+    smaller frame with benchmark and metric columns, such as ``sequential.invocation_medians``' (cheaper
+    than filtering every sample of a large run)."""
     if results.empty:
         return results
     roles = _roles(results)
-    failed = ~results["status"].eq(STATUS_OK).to_numpy(dtype=bool, na_value=False)
-    return results.loc[(roles == PERFORMANCE) | failed]
+    keep = roles == PERFORMANCE
+    if "status" in results.columns:
+        keep |= ~results["status"].eq(STATUS_OK).to_numpy(dtype=bool, na_value=False)
+    return results if keep.all() else results.loc[keep]
 
 
 def higher_is_better(results: pd.DataFrame) -> frozenset[str]:
@@ -75,13 +85,17 @@ def _values(rows: pd.DataFrame) -> pd.Series:
 
 
 def format_value(value: float, unit: str) -> str:
-    """A context value in words: counts as integers, bytes in GiB/MiB, others with their unit."""
+    """A value in words: counts as integers, bytes in GiB/MiB, seconds in s/ms/µs/ns, others with their unit."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "not recorded"
     if unit == "B":
         return f"{value / 2**30:.2f} GiB" if abs(value) >= 2**30 else f"{value / 2**20:.1f} MiB"
     if unit == "count":
         return f"{value:.0f}"
+    if unit == "s":
+        scale, name = next(((f, n) for f, n in ((1.0, "s"), (1e-3, "ms"), (1e-6, "µs"))
+                            if abs(value) >= f), (1e-9, "ns"))
+        return f"{value / scale:.3g} {name}"
     if unit in ("1", ""):
         return f"{value:.3g}"
     return f"{value:.4g} {unit}"
@@ -99,7 +113,7 @@ def context_findings(results: pd.DataFrame, baseline: str) -> pd.DataFrame:
     ``text`` reads e.g. ``torch threads: 16 in native, 1 in container``.
     """
     specs = specs_of(results)
-    ok = _ok(results)
+    ok = _ok(results, ["benchmark", "case", "metric", "arm", "run_id", "invocation", "value"])
     if ok.empty:
         return pd.DataFrame(columns=CONTEXT_COLUMNS)
     keep = np.array([specs[key].role in (CONTEXT, CHECK) for key in zip(ok["benchmark"], ok["metric"])], dtype=bool)
@@ -144,7 +158,7 @@ def check_problems(results: pd.DataFrame) -> pd.DataFrame:
     """Failed checks: per benchmark × case × check metric × arm, the invocations whose value exceeds the
     bound (or is not finite), the worst value and the bound, and a sentence saying what it points to."""
     specs = specs_of(results)
-    ok = _ok(results)
+    ok = _ok(results, ["benchmark", "case", "metric", "arm", "invocation", "params", "value"])
     rows = []
     checks = [key for key, spec in specs.items() if spec.role == CHECK]
     for (benchmark, metric) in checks:

@@ -94,7 +94,7 @@ def inferred_spec(metric: str, unit: str | None) -> MetricSpec:
     """What an undeclared metric is taken to be: a time (unit ``s``) or a rate (unit ending ``/s``) is
     performance, anything else context. Declared specs always win; this keeps a user's own workload
     analysable until it declares its metrics."""
-    unit = unit or ""
+    unit = unit if isinstance(unit, str) else ""
     if unit == "s":
         return MetricSpec(metric, PERFORMANCE, unit, metric, better=LOWER)
     if unit.endswith("/s"):
