@@ -187,11 +187,14 @@ def _half_width(design: Design, n: int, sd: float) -> float:
     return design.critical_t(n) * sd / math.sqrt(n)
 
 
-def _progress(metric: MetricEvidence, found, design: Design) -> float:
-    """Share of the way to a decision that one more round is expected to buy (module docstring)."""
+def _progress(found, design: Design) -> float:
+    """Share of the way to a decision that one more round is expected to buy (module docstring); 1 for
+    a metric with fewer pairs than the first look (failed invocations left it behind its case)."""
     n = found.n
-    if n + 1 > design.max_rounds or not found.sd > 0:
-        return 0.0 if n + 1 > design.max_rounds else 1.0
+    if n + 1 > design.max_rounds:
+        return 0.0
+    if n < design.min_rounds or not found.sd > 0:
+        return 1.0
     now, after = _half_width(design, n, found.sd), _half_width(design, n + 1, found.sd)
     target = max(design.delta - abs(found.estimate), abs(found.estimate))
     distance = math.log(now) - math.log(target)
@@ -246,7 +249,7 @@ def _status(case: CaseEvidence, design: Design, remaining: float, fallback_secon
     if cost > remaining or need > remaining:
         return stop(BUDGET, f"needs at least {max(optimistic or [1])} more rounds ({need:.0f} s) with {remaining:.0f} s "
                             f"left", states=states)
-    progress = min(_progress(metric, found, design) for metric, found in open_metrics)
+    progress = min(_progress(found, design) for _, found in open_metrics)
     return CaseStatus(case.key, RUN, rounds, progress / max(cost, 1e-9), cost, metrics=tuple(states))
 
 

@@ -11,7 +11,6 @@ import math
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from benchlib import convergence as cv
 from benchlib import findings

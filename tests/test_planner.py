@@ -82,6 +82,15 @@ def test_failed_invocations_are_retried_then_stop_the_case():
     assert dead.state == pl.FAILED and "container" in dead.detail
 
 
+def test_a_case_whose_pairs_lag_its_rounds_keeps_running():
+    """Failures in different rounds of the two arms: 3 complete invocations each, only 2 pairs."""
+    case = _case("gappy", _noise(2, 0.05, seed=8))
+    case = pl.CaseEvidence(case.key, {"native": 4, "container": 4}, {"native": 3, "container": 3}, case.seconds,
+                           case.metrics)
+    status = pl.plan([case], DESIGN).cases[case.key]
+    assert status.state == pl.RUN and status.priority > 0
+
+
 def test_a_case_with_context_only_stops_after_the_minimum():
     assert pl.plan([_case("memcap", [0.0, 0.0], has_performance=False)], DESIGN).cases[("bench", "memcap")].state == pl.RUN
     stopped = pl.plan([_case("memcap", [0.0] * 3, has_performance=False)], DESIGN).cases[("bench", "memcap")]
