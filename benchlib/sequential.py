@@ -408,7 +408,7 @@ SEQUENTIAL_COLUMNS = [*PAIR_KEYS, "n_pairs", "ratio", "ratio_low", "ratio_high",
 def sequential_compare(results: pd.DataFrame, baseline: str, design: Design = Design()) -> pd.DataFrame:
     """The repeated confidence interval and decision of every benchmark × case × metric × arm.
 
-    Pass only the rows of performance metrics (``benchlib.metricspec.performance_rows``); the ratio
+    Pass only the rows of performance metrics (``benchlib.findings.performance_rows``); the ratio
     is arm / baseline of the metric as stored (for rates, overhead flips: ``stats.overhead_from_ratio``).
     """
     pairs = paired_log_ratios(invocation_medians(results), baseline)
