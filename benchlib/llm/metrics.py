@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..metricspec import CONTEXT, HIGHER, PERFORMANCE, MetricSpec, time_metric
 from ..timer import Sample
 from ..workloads import Metric
 from .base import GenerationResult, decode_bytes_per_step  # noqa: F401  (re-exported)
@@ -32,6 +33,20 @@ from .model import ModelShape
 
 S = "s"
 TOKEN = "token"
+
+#: What each metric of :func:`scenario_metrics` is (the workload declares these).
+METRIC_SPECS: tuple[MetricSpec, ...] = (
+    time_metric("ttft", "time to first token"),
+    time_metric("tpot", "time per output token"),
+    time_metric("e2e", "request latency"),
+    time_metric("itl", "inter-token latency"),
+    time_metric("decode_step", "decode step"),
+    time_metric("generation", "generation time"),
+    MetricSpec("prefill_roofline_fraction", PERFORMANCE, "1", "prefill fraction of the compute roofline", better=HIGHER),
+    MetricSpec("decode_roofline_fraction", PERFORMANCE, "1", "decode fraction of the bandwidth roofline", better=HIGHER),
+    MetricSpec("kv_cache_bytes", CONTEXT, "B", "KV-cache size"),
+    MetricSpec("peak_memory", CONTEXT, "B", "peak device memory allocated", tolerance=0.01),
+)
 
 
 @dataclass(frozen=True)

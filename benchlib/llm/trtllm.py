@@ -46,6 +46,7 @@ import numpy as np
 
 from ..device import Device
 from ..errors import SkipCase
+from ..metricspec import time_metric
 from ..timer import Sample
 from ..workloads import Metric
 from .base import Backend, BackendConfig, GenerationResult, RequestResult
@@ -60,6 +61,12 @@ BENCH_TIMEOUT_S = 3600
 #: trtllm-bench breakdown groups -> our metric prefixes; statistics kept from each group.
 BENCH_GROUPS = {"Latency": "bench_e2e", "TTFT": "bench_ttft", "TPOT": "bench_tpot"}
 BENCH_STATS = ("AVERAGE", "P50", "P90", "P95", "P99")
+#: What each metric of :func:`bench_metrics` is: trtllm-bench's aggregates are times, lower is better.
+BENCH_METRIC_SPECS = (
+    time_metric("bench_total", "trtllm-bench total latency"),
+    *(time_metric(f"{prefix}_{stat.lower()}", f"trtllm-bench {group} {stat}")
+      for group, prefix in BENCH_GROUPS.items() for stat in BENCH_STATS),
+)
 
 
 def import_tensorrt_llm() -> Any:

@@ -14,6 +14,7 @@ from typing import Callable, Sequence
 
 from ..device import Device
 from ..errors import ParamsError
+from ..metricspec import MetricSpec
 from ..params import CommonParams
 from ..timer import Measurement, Sample
 
@@ -47,6 +48,7 @@ class Workload:
     case_keys: tuple[str, ...]
     run: Callable[[CommonParams, Device], list[Metric]] = field(repr=False)
     for_tests: bool = False  # fault injection and the like: kept out of suites and apart in `benchlib list`
+    metrics: tuple[MetricSpec, ...] = ()  # what each metric it records is: performance, context or check
 
 
 @functools.lru_cache(maxsize=1)

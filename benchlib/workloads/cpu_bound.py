@@ -23,6 +23,7 @@ from pydantic import Field
 from ..device import Device
 from ..params import CommonParams
 from ..timer import measure
+from ..metricspec import CONTEXT, MetricSpec, time_metric
 from . import Metric, Workload
 from ._support import affinity_count, cpu_quota, cpu_throttling, point_metric
 
@@ -136,4 +137,12 @@ WORKLOAD = Workload(
     params_model=CpuBoundParams,
     case_keys=("task", "threads"),
     run=run,
+    metrics=(
+        time_metric("time", "time per call"),
+        MetricSpec("torch_threads", CONTEXT, "count", "torch threads"),
+        MetricSpec("affinity_cpus", CONTEXT, "count", "CPUs in the affinity mask"),
+        MetricSpec("cpu_quota_cores", CONTEXT, "cores", "cgroup CPU quota", absent="no quota"),
+        MetricSpec("nr_throttled_delta", CONTEXT, "count", "cgroup CPU throttling periods during the case"),
+        MetricSpec("throttled_usec_delta", CONTEXT, "us", "time throttled by the cgroup CPU quota during the case"),
+    ),
 )

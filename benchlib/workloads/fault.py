@@ -30,6 +30,7 @@ from pydantic import Field
 from ..device import Device
 from ..params import CommonParams
 from ..timer import measure
+from ..metricspec import time_metric
 from . import Metric, Workload
 
 
@@ -100,4 +101,5 @@ WORKLOAD = Workload(
     case_keys=("mode",),
     run=run,
     for_tests=True,
+    metrics=(time_metric("time", "time of a cheap loop"),),
 )

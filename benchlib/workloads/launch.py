@@ -25,6 +25,7 @@ from pydantic import Field
 from ..device import Device
 from ..params import CommonParams
 from ..timer import measure
+from ..metricspec import time_metric
 from . import Metric, Workload
 from ._support import per_call
 
@@ -113,4 +114,11 @@ WORKLOAD = Workload(
     params_model=LaunchParams,
     case_keys=("launches",),
     run=run,
+    metrics=(
+        time_metric("eager_cpu_launch", "host time per eager launch"),
+        time_metric("eager_gpu_per_launch", "GPU time per eager launch"),
+        time_metric("graph_per_launch", "time per launch in a CUDA graph"),
+        time_metric("sync_roundtrip", "synchronize round trip"),
+        time_metric("event_query_roundtrip", "event-query round trip"),
+    ),
 )

@@ -27,7 +27,8 @@ from .. import ceilings
 from ..device import Device
 from ..llm import SHAPES, BackendConfig, InputSpec, make_backend, run_scenario
 from ..llm.base import Kernels, KvCacheMode
-from ..llm.metrics import Ceilings, ScenarioInfo, scenario_metrics
+from ..llm.metrics import METRIC_SPECS, Ceilings, ScenarioInfo, scenario_metrics
+from ..llm.trtllm import BENCH_METRIC_SPECS
 from ..llm.model import ModelShape, shape_from_hf_config
 from ..params import CommonParams
 from . import Metric, Workload
@@ -180,4 +181,5 @@ WORKLOAD = Workload(
     params_model=LlmParams,
     case_keys=("backend", "shape", "dtype", "mode", "batch", "input_len", "output_len"),
     run=run,
+    metrics=METRIC_SPECS + BENCH_METRIC_SPECS,
 )

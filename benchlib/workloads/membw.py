@@ -18,6 +18,7 @@ from pydantic import Field
 from ..device import Device
 from ..params import CommonParams
 from ..timer import measure
+from ..metricspec import time_metric
 from . import Metric, Workload
 
 MIB = 1024 * 1024
@@ -98,4 +99,5 @@ WORKLOAD = Workload(
     params_model=MembwParams,
     case_keys=("op", "size_mib", "dtype"),
     run=run,
+    metrics=(time_metric("time", "time per call"),),
 )

@@ -27,6 +27,7 @@ from pydantic import Field
 from .. import hostmem
 from ..device import Device
 from ..params import CommonParams
+from ..metricspec import CONTEXT, MetricSpec
 from . import Metric, Workload
 from ._support import point_metric
 
@@ -257,4 +258,15 @@ WORKLOAD = Workload(
     params_model=MemcapParams,
     case_keys=("chunk_mib",),
     run=run,
+    metrics=(  # capacity, not speed: every metric is context; a difference is a finding, never an overhead
+        MetricSpec("allocated", CONTEXT, "B", "memory the process could allocate", tolerance=0.02),
+        MetricSpec("mem_available", CONTEXT, "B", "MemAvailable", tolerance=0.02),
+        MetricSpec("mem_total", CONTEXT, "B", "MemTotal"),
+        MetricSpec("cgroup_memory_max", CONTEXT, "B", "cgroup memory limit", absent="no limit"),
+        MetricSpec("cuda_free", CONTEXT, "B", "free device memory (CUDA)", tolerance=0.02),
+        MetricSpec("cuda_total", CONTEXT, "B", "total device memory (CUDA)"),
+        MetricSpec("nvml_free", CONTEXT, "B", "free device memory (NVML)", tolerance=0.02),
+        MetricSpec("nvml_total", CONTEXT, "B", "total device memory (NVML)"),
+        MetricSpec("nvml_used", CONTEXT, "B", "used device memory (NVML)", tolerance=0.05),
+    ),
 )

@@ -21,6 +21,7 @@ from pydantic import Field
 from ..device import Device
 from ..params import CommonParams
 from ..timer import measure
+from ..metricspec import time_metric
 from . import Metric, Workload
 from ._support import per_call, shm_space
 
@@ -144,4 +145,5 @@ WORKLOAD = Workload(
     params_model=ShmDataloaderParams,
     case_keys=("num_workers", "batch_mib"),
     run=run,
+    metrics=(time_metric("time", "time per batch"),),
 )

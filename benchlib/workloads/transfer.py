@@ -20,6 +20,7 @@ from ..device import Device
 from ..errors import SkipCase
 from ..params import CommonParams
 from ..timer import measure
+from ..metricspec import time_metric
 from . import Metric, Workload
 
 KIB = 1024
@@ -69,4 +70,5 @@ WORKLOAD = Workload(
     params_model=TransferParams,
     case_keys=("mode", "direction", "memory", "size_kib"),
     run=run,
+    metrics=(time_metric("time", "time per copy"),),
 )
