@@ -46,6 +46,9 @@ METRIC_SPECS: tuple[MetricSpec, ...] = (
     MetricSpec("decode_roofline_fraction", PERFORMANCE, "1", "decode fraction of the bandwidth roofline", better=HIGHER),
     MetricSpec("kv_cache_bytes", CONTEXT, "B", "KV-cache size"),
     MetricSpec("peak_memory", CONTEXT, "B", "peak device memory allocated", tolerance=0.01),
+    MetricSpec("kv_cache_tokens", CONTEXT, "token", "tokens the KV cache holds", tolerance=0.01),
+    MetricSpec("process_peak_rss", CONTEXT, "B", "peak RSS of the process (VmHWM)", tolerance=0.05),
+    MetricSpec("cuda_free_at_end", CONTEXT, "B", "free device memory with the model loaded", tolerance=0.02),
 )
 
 

@@ -261,6 +261,9 @@ WORKLOAD = Workload(
     metrics=(  # capacity, not speed: every metric is context; a difference is a finding, never an overhead
         MetricSpec("allocated", CONTEXT, "B", "memory the process could allocate", tolerance=0.02),
         MetricSpec("mem_available", CONTEXT, "B", "MemAvailable", tolerance=0.02),
+        MetricSpec("available", CONTEXT, "B", "memory a new allocation can get (page cache counted)", tolerance=0.02),
+        MetricSpec("limit", CONTEXT, "B", "the limit memcap grows against", tolerance=0.02),
+        MetricSpec("cgroup_memory_current", CONTEXT, "B", "cgroup memory.current", tolerance=0.05, absent="no cgroup"),
         MetricSpec("mem_total", CONTEXT, "B", "MemTotal"),
         MetricSpec("cgroup_memory_max", CONTEXT, "B", "cgroup memory limit", absent="no limit"),
         MetricSpec("cuda_free", CONTEXT, "B", "free device memory (CUDA)", tolerance=0.02),
