@@ -34,6 +34,7 @@ IGNORED: tuple[str, ...] = (
     "gpus.*.clock_event_reasons",
     "telemetry.hz_achieved", "telemetry.polls", "telemetry.dropped_polls", "telemetry.mean_poll_cost_us",
     "telemetry.last_error", "telemetry.gpus", "telemetry.gpus.*",
+    "workload.*",  # which benchmark and cases the invocation ran, and their settings: the case says it
 )
 
 
