@@ -147,6 +147,13 @@ def arm_counts(envs: Mapping[tuple, Mapping[str, Any]]) -> dict[str, dict[str, C
     return counts
 
 
+def representative(envs: Mapping[tuple, Mapping[str, Any]]) -> dict[str, dict[str, str]]:
+    """Per arm, every flattened key (ignored ones left out) with its most common value as text, as
+    :func:`env_diff` shows it; :data:`ABSENT` where most invocations lack it."""
+    return {arm: {key: _most_common(counter) for key, counter in keys.items()}
+            for arm, keys in arm_counts(envs).items()}
+
+
 def env_diff(envs: Mapping[tuple, Mapping[str, Any]], arms: Sequence[str] | None = None) -> pd.DataFrame:
     """The keys whose value differs between arms or varies within one, known mechanisms first.
 

@@ -24,6 +24,7 @@ from typing import Callable, Iterator, Literal
 from pydantic import Field, ValidationInfo, field_validator
 
 from ..device import Device
+from ..diagnosis.classes import HOST, THREAD_MECHANISMS, Sensitivity, excluding
 from ..params import CommonParams
 from ..timer import measure
 from . import Metric, Workload
@@ -151,10 +152,20 @@ def _throttle_metrics(before: dict[str, int | None], after: dict[str, int | None
     return metrics
 
 
+def sensitivity(params: CpuBoundParams, on_gpu: bool) -> Sensitivity:
+    """Host-bound code; the thread pool cannot act when the case pins it or runs one Python thread."""
+    if params.task == "tokenize":
+        return Sensitivity(frozenset({HOST}), excluding(THREAD_MECHANISMS, "one Python thread: no pool"))
+    if params.settings == "forced":
+        return Sensitivity(frozenset({HOST}), excluding(THREAD_MECHANISMS, "settings: forced pins the thread pool"))
+    return Sensitivity(frozenset({HOST}))
+
+
 WORKLOAD = Workload(
     name="cpu_bound",
     description="CPU matmul and a tokeniser-like regex loop under the cgroup CPU quota; threads, throttling",
     params_model=CpuBoundParams,
     case_keys=("task", "settings", "threads"),
     run=run,
+    sensitivity=sensitivity,
 )

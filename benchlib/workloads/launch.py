@@ -23,6 +23,7 @@ from typing import Any, Callable
 from pydantic import Field
 
 from ..device import Device
+from ..diagnosis.classes import HOST, always
 from ..params import CommonParams
 from ..timer import measure
 from . import Metric, Workload
@@ -113,4 +114,5 @@ WORKLOAD = Workload(
     params_model=LaunchParams,
     case_keys=("launches",),
     run=run,
+    sensitivity=always(HOST)  # the host issues and waits: launch latency is host-bound,
 )

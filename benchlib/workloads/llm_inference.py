@@ -19,6 +19,7 @@ from pydantic import Field, ValidationInfo, field_validator
 
 from .. import ceilings
 from ..device import Device
+from ..diagnosis.classes import GPU_KERNELS, HOST, Sensitivity
 from ..llm import SHAPES, BackendConfig, InputSpec, make_backend, run_scenario
 from ..llm.base import Kernels
 from ..llm.metrics import Ceilings, ScenarioInfo, scenario_metrics
@@ -138,4 +139,5 @@ WORKLOAD = Workload(
     params_model=LlmParams,
     case_keys=("backend", "shape", "dtype", "mode", "batch", "input_len", "output_len"),
     run=run,
+    sensitivity=lambda params, on_gpu: Sensitivity(frozenset({GPU_KERNELS, HOST} if on_gpu else {HOST}))  # kernels and the decode loop,
 )

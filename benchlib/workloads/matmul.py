@@ -17,6 +17,7 @@ from typing import Iterator, Literal
 from pydantic import Field
 
 from ..device import Device
+from ..diagnosis.classes import GPU_KERNELS, HOST, MATH_MODE_MECHANISMS, Sensitivity, excluding
 from ..params import CommonParams
 from ..timer import Sample, measure
 from . import Metric, Workload
@@ -94,10 +95,23 @@ def _relative_error(a, b, c) -> float:
     return value
 
 
+def sensitivity(params: MatmulParams, on_gpu: bool) -> Sensitivity:
+    """GPU kernels on a GPU (host-bound code on the CPU); no TF32 mechanism acts on a pinned math mode or
+    on a bf16/fp16 product."""
+    classes = frozenset({GPU_KERNELS if on_gpu else HOST})
+    if params.dtype in ("bf16", "fp16"):
+        return Sensitivity(classes, excluding(MATH_MODE_MECHANISMS, f"{params.dtype} products use no TF32"))
+    if params.settings == "forced":
+        pinned = MATH_MODE_MECHANISMS if params.dtype == "fp32" else MATH_MODE_MECHANISMS[:2]
+        return Sensitivity(classes, excluding(pinned, "settings: forced pins the math mode"))
+    return Sensitivity(classes)
+
+
 WORKLOAD = Workload(
     name="matmul",
     description="dense n x n matrix product (fp32, tf32, bf16, fp16); TFLOP/s and % of peak",
     params_model=MatmulParams,
     case_keys=("n", "dtype", "settings"),
     run=run,
+    sensitivity=sensitivity,
 )

@@ -16,6 +16,7 @@ from typing import Callable, Literal
 from pydantic import Field
 
 from ..device import Device
+from ..diagnosis.classes import GPU_KERNELS, HOST, Sensitivity
 from ..params import CommonParams
 from ..timer import measure
 from . import Metric, Workload
@@ -98,4 +99,5 @@ WORKLOAD = Workload(
     params_model=MembwParams,
     case_keys=("op", "size_mib", "dtype"),
     run=run,
+    sensitivity=lambda params, on_gpu: Sensitivity(frozenset({GPU_KERNELS if on_gpu else HOST})),
 )

@@ -18,6 +18,7 @@ from typing import Any, Callable
 from pydantic import Field
 
 from ..device import Device
+from ..diagnosis.classes import CAPACITY, always
 from ..params import CommonParams
 from . import Metric, Workload
 from ._support import memory_max, meminfo_bytes, point_metric
@@ -168,4 +169,5 @@ WORKLOAD = Workload(
     params_model=MemcapParams,
     case_keys=("chunk_mib",),
     run=run,
+    sensitivity=always(CAPACITY),
 )

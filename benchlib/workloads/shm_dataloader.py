@@ -19,6 +19,7 @@ from typing import Literal
 from pydantic import Field
 
 from ..device import Device
+from ..diagnosis.classes import HOST, SHARED_MEMORY, always
 from ..params import CommonParams
 from ..timer import measure
 from . import Metric, Workload
@@ -144,4 +145,5 @@ WORKLOAD = Workload(
     params_model=ShmDataloaderParams,
     case_keys=("num_workers", "batch_mib"),
     run=run,
+    sensitivity=always(SHARED_MEMORY, HOST)  # batches through /dev/shm from worker processes,
 )
