@@ -101,6 +101,8 @@ def test_an_environment_only_arm_names_each_variable_with_its_evidence(native):
     assert tf32.alignments[0].side == "arm" and tf32.alignments[1].side == "baseline"
     assert tf32.classes == {GPU_KERNELS} and found["env:CUDA_LAUNCH_BLOCKING"].classes == {HOST}
     assert "unset TORCH_ALLOW_TF32_CUBLAS_OVERRIDE" in tf32.alignments[0].fix
+    arm["env"]["TRITON_PTXAS_PATH"] = "/usr/local/cuda/bin/ptxas"  # recorded by the fingerprint on main
+    assert diff(native, arm)["env:TRITON_PTXAS_PATH"].classes == {GPU_KERNELS}
 
 
 def test_tf32_flags_with_no_variable_behind_them_are_the_stacks_math_mode(native):

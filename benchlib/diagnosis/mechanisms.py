@@ -105,6 +105,8 @@ ENV_VARIABLES: tuple[EnvVariable, ...] = (
     _env("PYTORCH_NO_CUDA_MEMORY_CACHING", [GPU_KERNELS, CAPACITY], "1 switches the caching allocator off: every "
          "allocation is a cudaMalloc"),
     _env("PYTORCH_TUNABLEOP_*", [GPU_KERNELS], "TunableOp chooses GEMM kernels by timing them at run time"),
+    _env("TRITON_*", [GPU_KERNELS], "Triton's compiler and cache (TRITON_PTXAS_PATH decides whether fused kernels "
+         "compile on a GPU like GB10)"),
     _env("OMP_NUM_THREADS", [HOST], "the size of the OpenMP pool, and of torch's intra-op pool", _THREAD_KEYS),
     _env("MKL_NUM_THREADS", [HOST], "the size of MKL's thread pool", _THREAD_KEYS),
     _env("OMP_*", [HOST], "how OpenMP threads wait, bind and are scheduled"),
