@@ -59,6 +59,9 @@ def run_benchmark(
     cases = [validate(workload.params_model, case, source) for case in expand_cases(params, workload.case_keys)]
     context = RunContext(run_id=run_id, arm=arm, invocation=int(invocation))
     env = fingerprint.capture()
+    # which mode each case runs in (user: the environment's math modes and pools; forced: pinned)
+    env["workload"] = {"benchmark": workload.name, "cases": [
+        {"case": schema.case_id(case.model_dump(), workload.case_keys), **case.settings_record()} for case in cases]}
     frames = []
     hz = cases[0].telemetry_hz
     gpus = ordinals_for(case.device for case in cases)  # the GPUs these cases run on, not every GPU of the host

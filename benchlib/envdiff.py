@@ -38,6 +38,7 @@ IGNORED: tuple[str, ...] = (
     "gpus.*.clock_event_reasons",
     "telemetry.hz_achieved", "telemetry.polls", "telemetry.dropped_polls", "telemetry.mean_poll_cost_us",
     "telemetry.last_error", "telemetry.gpus", "telemetry.gpus.*",
+    "workload.*",  # which benchmark and cases the invocation ran, and their settings: the case says it
 )
 
 
@@ -148,6 +149,13 @@ def arm_counts(envs: Mapping[tuple, Mapping[str, Any]]) -> dict[str, dict[str, C
         keys = {key for flat in flats for key in flat if not is_ignored(key)}
         counts[arm] = {key: Counter(_text(flat[key]) if key in flat else ABSENT for flat in flats) for key in keys}
     return counts
+
+
+def representative(envs: Mapping[tuple, Mapping[str, Any]]) -> dict[str, dict[str, str]]:
+    """Per arm, every flattened key (ignored ones left out) with its most common value as text, as
+    :func:`env_diff` shows it; :data:`ABSENT` where most invocations lack it."""
+    return {arm: {key: _most_common(counter) for key, counter in keys.items()}
+            for arm, keys in arm_counts(envs).items()}
 
 
 def env_diff(envs: Mapping[tuple, Mapping[str, Any]], arms: Sequence[str] | None = None) -> pd.DataFrame:

@@ -18,21 +18,34 @@ import itertools
 import types
 import typing
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, ClassVar, Iterable, Literal, Mapping, Sequence
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import ParamsError
 from .timer import TimerConfig
 
 
+#: What ``settings`` may say: ``user`` leaves math modes, thread pools and allocator settings to the
+#: environment, as a script that sets nothing gets them; ``forced`` lets the workload pin them.
+Settings = Literal["user", "forced"]
+
+
 class CommonParams(BaseModel):
-    """Parameters every workload takes: where to run, how to time, how fast to sample NVML."""
+    """Parameters every workload takes: where to run, how to time, how fast to sample NVML, and
+    whether the workload pins its own settings (``settings``)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
+    #: What a workload pins itself in ``settings: forced`` (one phrase), or None when it pins nothing:
+    #: ``forced`` is then refused. Subclasses that can pin something set it.
+    FORCED: ClassVar[str | None] = None
+
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto, cpu, cuda or cuda:N")
+    # user: math modes (TF32, matmul precision, cuDNN flags), thread pools and allocator settings as the
+    # environment gives them, as the user's own script gets them; forced: the workload pins them (FORCED)
+    settings: Settings = "user"
     seed: int = 42
     warmup: int = Field(3, ge=0)
     min_samples: int = Field(10, ge=1)
@@ -43,6 +56,18 @@ class CommonParams(BaseModel):
     fixed_samples: int | None = Field(None, ge=1)
     flush_l2: bool = False
     telemetry_hz: float = Field(100.0, ge=0)  # 0 switches the NVML sampler off
+
+    @field_validator("settings")
+    @classmethod
+    def _forced_pins_something(cls, settings: str) -> str:
+        if settings == "forced" and cls.FORCED is None:
+            raise ValueError("this benchmark pins no math mode, thread pool or allocator setting itself, so "
+                             "only 'user' applies")
+        return settings
+
+    def settings_record(self) -> dict[str, Any]:
+        """Which mode the case runs in and what the workload pins in it, for the fingerprint."""
+        return {"settings": self.settings, "pinned": self.FORCED if self.settings == "forced" else None}
 
     def timer_config(self, inner_repeats: int = 1, back_to_back: bool = False) -> TimerConfig:
         return TimerConfig(

@@ -40,7 +40,7 @@ CASES = {
     "repeated-sweep-value": ("dtype: [fp32, fp32]\n", "benchmarks:\n  - {benchmark: matmul, params: p.yaml}\n",
                              "params", "key 'dtype' lists 'fp32' twice", ()),
     "list-on-a-non-case-key": ("warmup: [1, 2]\n", "benchmarks:\n  - {benchmark: matmul, params: p.yaml}\n",
-                               "params", "key 'warmup' holds a list, but only case keys (n, dtype) may", ()),
+                               "params", "key 'warmup' holds a list, but only case keys (n, dtype, settings) may", ()),
     "duplicate-yaml-key": ("n: 8\nn: 16\n", "benchmarks:\n  - {benchmark: matmul, params: p.yaml}\n", "params",
                            "key 'n' is given twice (lines 1 and 2)", ()),
     "params-not-a-mapping": ("- 1\n- 2\n", "benchmarks:\n  - {benchmark: matmul, params: p.yaml}\n", "params",
@@ -147,6 +147,6 @@ def test_a_params_path_is_relative_to_the_suite_and_valid_input_runs(tmp_path: P
     suite.write_text("arms: [native, {name: iso, extends: isolated, flags: ['--cpus=1', --ulimit, 'nofile=1024']}]\n"
                      "benchmarks:\n  - {benchmark: matmul, params: p.yaml}\n")
     loaded = load_suite(str(suite))
-    assert [case.case for case in loaded.cases] == ["n=8,dtype=bf16", "n=16,dtype=bf16"]
+    assert [case.case for case in loaded.cases] == ["n=8,dtype=bf16,settings=user", "n=16,dtype=bf16,settings=user"]
     assert {case.params_file for case in loaded.cases} == {str(tmp_path / "p.yaml")}
     assert [arm.name for arm in loaded.arms] == ["native", "iso"]

@@ -124,4 +124,4 @@ def test_a_case_key_left_to_its_default_is_named_as_the_results_name_it(tmp_path
     params.write_text("dtype: bf16\n")  # n left to its default
     (planned,) = expand_entry("matmul", str(params), "test")
     validated = validate(MatmulParams, planned.values, "test").model_dump()
-    assert planned.case == case_id(validated, ("n", "dtype")) == "n=256,dtype=bf16"
+    assert planned.case == case_id(validated, ("n", "dtype", "settings")) == "n=256,dtype=bf16,settings=user"

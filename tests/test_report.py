@@ -296,7 +296,7 @@ def test_failed_missing_and_one_sided_invocations_are_listed(two_arm: Built, tmp
     text = "\n".join(report.problems)
     assert f"invocation {failed.label} failed: exit code 1: RuntimeError: planted failure" in text
     assert f"invocation {missing.label} is marked complete but its results.parquet is missing" in text
-    assert "matmul n=128,dtype=bf16 has results in native only, not in native-1thread" in text
+    assert "matmul n=128,dtype=bf16,settings=user has results in native only, not in native-1thread" in text
     assert report.comparable  # fp32 is still compared
     page = report.html.read_text()
     assert "planted failure" in page and page.index("Problems with this run") < page.index("plotly-graph-div")

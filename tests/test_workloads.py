@@ -192,14 +192,20 @@ def test_the_failure_message_is_one_line_with_the_fix():
 # ------------------------------------------------------------------------------------- cpu_bound
 
 def test_cpu_bound_records_its_limits_and_throttling():
-    frame = _ok(run_benchmark("cpu_bound", task=["matmul", "tokenize"], threads=[0, 1], n=64, text_kib=4, **FAST))
-    matmul = frame[frame["case"] == "task=matmul,threads=0"]
+    result = run_benchmark("cpu_bound", task=["matmul", "tokenize"], settings=["user", "forced"], n=64, text_kib=4,
+                           **FAST)
+    frame = _ok(result)
+    matmul = frame[frame["case"] == "task=matmul,settings=user,threads=0"]
     assert _metric(matmul, "time")["work"].iloc[0] == 2 * 64**3
     assert _metric(matmul, "torch_threads")["value"].iloc[0] == torch.get_num_threads()
     assert _metric(matmul, "affinity_cpus")["value"].iloc[0] == len(os.sched_getaffinity(0))
-    one = frame[frame["case"] == "task=matmul,threads=1"]
-    assert _metric(one, "torch_threads")["value"].iloc[0] == 1
-    tokens = _metric(frame[frame["case"] == "task=tokenize,threads=0"], "time")
+    pinned = frame[frame["case"] == "task=matmul,settings=forced,threads=0"]  # the CPUs allowed
+    assert _metric(pinned, "torch_threads")["value"].iloc[0] == _support.allowed_cpus()
+    assert "pinned by the workload" in _metric(pinned, "time")["note"].iloc[0]
+    one = {m.name: m for m in cpu_bound.run(cpu_bound.CpuBoundParams(settings="forced", threads=1, n=16, **FAST), CPU)}
+    assert one["torch_threads"].samples[0].seconds == 1
+    assert [case["settings"] for case in result.env["workload"]["cases"]] == ["user", "forced", "user", "forced"]
+    tokens = _metric(frame[frame["case"] == "task=tokenize,settings=user,threads=0"], "time")
     text = cpu_bound.synthetic_text(4, 42)
     assert tokens["work"].iloc[0] == len(cpu_bound.TOKEN.findall(text)) and tokens["work_unit"].iloc[0] == "token"
     if _support.cpu_throttling()["nr_throttled"] is not None:
@@ -223,10 +229,68 @@ def test_a_cgroup_v2_quota_and_throttling_become_metrics(tmp_path: Path, monkeyp
     assert _support.cpu_quota().cores == 2.0
     assert _support.cpu_throttling() == {"nr_throttled": 3, "throttled_usec": 700}
     assert _support.memory_max() == 8 * 2**30
-    metrics = {m.name: m for m in cpu_bound.run(cpu_bound.CpuBoundParams(n=32, threads=4, **FAST), CPU)}
+    assert _support.allowed_cpus() == min(2, len(os.sched_getaffinity(0)))
+    metrics = {m.name: m for m in cpu_bound.run(cpu_bound.CpuBoundParams(settings="forced", n=32, threads=4, **FAST),
+                                                CPU)}
     assert metrics["cpu_quota_cores"].samples[0].seconds == 2.0
     assert "more threads than the quota allows" in metrics["cpu_quota_cores"].note
     assert metrics["nr_throttled_delta"].samples[0].seconds == 0
+
+
+def test_a_thread_count_needs_settings_forced():
+    with pytest.raises(ParamsError, match=r"params/cpu_bound/x.yaml: key 'threads' cannot be 1: a thread count pins "
+                                          r"the pool, which is settings: forced"):
+        expand_entry_values("cpu_bound", {"threads": 1})
+
+
+def test_settings_forced_is_refused_where_the_workload_pins_nothing():
+    with pytest.raises(ParamsError, match=r"key 'settings' cannot be 'forced': this benchmark pins no math mode, "
+                                          r"thread pool or allocator setting itself, so only 'user' applies"):
+        expand_entry_values("membw", {"settings": "forced"})
+
+
+def expand_entry_values(benchmark: str, values: dict) -> None:
+    from benchlib.params import validated_cases
+
+    workload = registry()[benchmark]
+    validated_cases(workload.params_model, values, workload.case_keys, f"params/{benchmark}/x.yaml")
+
+
+# ----------------------------------------------------------------------------------------- matmul
+
+MATH_MODE = """
+import json, torch
+from benchlib import run_benchmark
+fast = dict(warmup=1, min_samples=3, max_samples=5, max_time_s=0.5, target_rel_ci=0.2, telemetry_hz=0)
+result = run_benchmark("matmul", n=16, settings=["user", "forced"], **fast)
+time = result.results[result.results["metric"] == "time"].drop_duplicates("case")
+print(json.dumps({"notes": dict(zip(time["case"], time["note"])), "after": torch.get_float32_matmul_precision(),
+                  "fingerprint": result.env["torch"]["float32_matmul_precision"], "cases": result.env["workload"]}))
+"""
+
+
+def test_matmul_in_user_mode_runs_with_the_math_mode_the_environment_gives():
+    """NGC's TORCH_ALLOW_TF32_CUBLAS_OVERRIDE=1 turns TF32 on at start: the user mode keeps it, the forced
+    mode pins exact fp32, and the environment's mode is back after the case."""
+    env = {**os.environ, "TORCH_ALLOW_TF32_CUBLAS_OVERRIDE": "1", "PYTHONWARNINGS": "ignore"}
+    done = subprocess.run([sys.executable, "-c", MATH_MODE], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    notes = out["notes"]
+    assert ("math mode the environment's: allow_tf32=True, float32_matmul_precision=high"
+            in notes["n=16,dtype=fp32,settings=user"])
+    assert ("math mode pinned by the workload: allow_tf32=False, float32_matmul_precision=highest"
+            in notes["n=16,dtype=fp32,settings=forced"])
+    assert out["after"] == out["fingerprint"] == "high"
+    assert out["cases"] == {"benchmark": "matmul", "cases": [
+        {"case": "n=16,dtype=fp32,settings=user", "settings": "user", "pinned": None},
+        {"case": "n=16,dtype=fp32,settings=forced", "settings": "forced", "pinned": matmul_forced()}]}
+
+
+def matmul_forced() -> str:
+    from benchlib.workloads.matmul import MatmulParams
+
+    return MatmulParams.FORCED
 
 
 # ----------------------------------------------------------------------------------------- memcap

@@ -3,6 +3,8 @@
 A workload is a function ``run(params, device) -> list[Metric]``. It never prints results, runs on
 the CPU when no GPU is present (small sizes) and raises :class:`benchlib.errors.SkipCase` for a
 case that cannot run here. Each benchmark has ``notebooks/<name>.ipynb`` and ``params/<name>/``.
+It declares what it is sensitive to (``sensitivity``: the classes of mechanisms that can act on a
+case, see :mod:`benchlib.diagnosis.classes`), so a report blames no mechanism out of class.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 from ..device import Device
+from ..diagnosis.classes import ALL_CLASSES, SensitivityRule, always
 from ..errors import ParamsError
 from ..metricspec import MetricSpec
 from ..params import CommonParams
@@ -47,6 +50,8 @@ class Workload:
     params_model: type[CommonParams]
     case_keys: tuple[str, ...]
     run: Callable[[CommonParams, Device], list[Metric]] = field(repr=False)
+    # what can act on a case: its params and whether it runs on a GPU -> classes (default: every class)
+    sensitivity: SensitivityRule = field(default=always(*ALL_CLASSES), repr=False)
     for_tests: bool = False  # fault injection and the like: kept out of suites and apart in `benchlib list`
     metrics: tuple[MetricSpec, ...] = ()  # what each metric it records is: performance, context or check
 

@@ -8,6 +8,7 @@ are read by their own names; v1 files are mapped onto them (``cpu.cfs_quota_us``
 """
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import dataclass, replace
@@ -118,3 +119,10 @@ def shm_space(path: str = "/dev/shm") -> tuple[int, int] | None:
 def affinity_count() -> int:
     """CPUs this process may run on (its affinity mask, which a cpuset narrows)."""
     return len(os.sched_getaffinity(0))
+
+
+def allowed_cpus() -> int:
+    """CPUs this process may keep busy: its affinity, capped by the ceiling of its CPU quota (as Go and
+    the JVM size their pools in a container)."""
+    cores = cpu_quota().cores
+    return max(1, min(affinity_count(), math.ceil(cores))) if cores is not None else affinity_count()

@@ -2,9 +2,12 @@
 
 A container with a CPU quota (``--cpus``, cgroup ``cpu.max``) but a thread pool sized to the host's
 cores runs many threads that the quota throttles: 2x to 45x slower on CPU-bound code. ``task``
-``matmul`` is an n x n float32 product on torch's intra-op pool (default size unless ``threads`` is
-set); ``tokenize`` is a single-threaded Python loop (regex split and a vocabulary lookup) over a
-synthetic text, the shape of a tokenizer or a data pipeline.
+``matmul`` is an n x n float32 product on torch's intra-op pool; ``tokenize`` is a single-threaded
+Python loop (regex split and a vocabulary lookup) over a synthetic text, the shape of a tokenizer or
+a data pipeline. ``settings: user`` leaves the pool as the environment sizes it (torch's default,
+``OMP_NUM_THREADS``), as a script that sets nothing gets it; ``settings: forced`` pins it to
+``threads``, or with ``threads: 0`` to the CPUs the process may use (its affinity and the ceiling of
+its CPU quota), what a quota-aware program sets.
 
 Besides the time, each case records as one-sample metrics what limits it ran under:
 ``torch_threads``, ``affinity_cpus`` (os.sched_getaffinity), ``cpu_quota_cores`` (cgroup cpu.max;
@@ -18,14 +21,15 @@ import re
 from contextlib import contextmanager
 from typing import Callable, Iterator, Literal
 
-from pydantic import Field
+from pydantic import Field, ValidationInfo, field_validator
 
 from ..device import Device
+from ..diagnosis.classes import HOST, THREAD_MECHANISMS, Sensitivity, excluding
 from ..params import CommonParams
 from ..timer import measure
 from ..metricspec import CONTEXT, MetricSpec, time_metric
 from . import Metric, Workload
-from ._support import affinity_count, cpu_quota, cpu_throttling, point_metric
+from ._support import affinity_count, allowed_cpus, cpu_quota, cpu_throttling, point_metric
 
 TOKEN = re.compile(r"\w+|[^\w\s]")
 WORDS = ("the", "container", "kernel", "tensor", "latency", "throughput", "memory", "quota", "thread",
@@ -34,11 +38,28 @@ PUNCTUATION = (",", ".", ";", ":", "!", "?", "(", ")")
 
 
 class CpuBoundParams(CommonParams):
+    FORCED = "torch's intra-op thread pool: threads, or the CPUs allowed when threads is 0"
+
     device: Literal["cpu"] = "cpu"  # CPU-bound by definition
     task: Literal["matmul", "tokenize"] = "matmul"
-    threads: int = Field(0, ge=0, le=4096)  # torch intra-op threads; 0 keeps torch's default
+    # torch intra-op threads in settings: forced (0: the CPUs allowed); settings: user leaves the pool alone
+    threads: int = Field(0, ge=0, le=4096)
     n: int = Field(256, gt=0, le=16384)  # matmul size
     text_kib: int = Field(64, gt=0, le=1 << 20)  # tokenize: KiB of text per call
+
+    @field_validator("threads")
+    @classmethod
+    def _threads_are_forced(cls, threads: int, info: ValidationInfo) -> int:
+        if threads and info.data.get("settings") == "user":
+            raise ValueError("a thread count pins the pool, which is settings: forced; set settings: forced, "
+                             "or threads: 0 to leave the pool to the environment")
+        return threads
+
+    def pool_size(self) -> int:
+        """Threads to pin in forced mode (0 in user mode: leave the pool alone)."""
+        if self.settings == "user":
+            return 0
+        return self.threads or allowed_cpus()
 
 
 @contextmanager
@@ -91,8 +112,9 @@ def _matmul_fn(params: CpuBoundParams) -> Callable[[], object]:
 def _timed(params: CpuBoundParams, threads: int) -> Metric:
     if params.task == "matmul":
         measurement = measure(_matmul_fn(params), "cpu", params.timer_config())
+        pool = "pinned by the workload" if params.settings == "forced" else "pool sized by the environment"
         return Metric.from_measurement("time", measurement, work=2.0 * params.n**3, work_unit="FLOP",
-                                       note=f"float32 {params.n}x{params.n} on {threads} torch threads")
+                                       note=f"float32 {params.n}x{params.n} on {threads} torch threads ({pool})")
     tokenize, tokens = _tokenize_fn(params)
     measurement = measure(tokenize, "cpu", params.timer_config())
     return Metric.from_measurement("time", measurement, work=float(tokens), work_unit="token",
@@ -101,7 +123,7 @@ def _timed(params: CpuBoundParams, threads: int) -> Metric:
 
 def run(params: CpuBoundParams, device: Device) -> list[Metric]:
     quota = cpu_quota()
-    with _torch_threads(params.threads) as threads:
+    with _torch_threads(params.pool_size()) as threads:
         before = cpu_throttling()
         timed = _timed(params, threads)
         after = cpu_throttling()
@@ -131,11 +153,20 @@ def _throttle_metrics(before: dict[str, int | None], after: dict[str, int | None
     return metrics
 
 
+def sensitivity(params: CpuBoundParams, on_gpu: bool) -> Sensitivity:
+    """Host-bound code; the thread pool cannot act when the case pins it or runs one Python thread."""
+    if params.task == "tokenize":
+        return Sensitivity(frozenset({HOST}), excluding(THREAD_MECHANISMS, "one Python thread: no pool"))
+    if params.settings == "forced":
+        return Sensitivity(frozenset({HOST}), excluding(THREAD_MECHANISMS, "settings: forced pins the thread pool"))
+    return Sensitivity(frozenset({HOST}))
+
+
 WORKLOAD = Workload(
     name="cpu_bound",
     description="CPU matmul and a tokeniser-like regex loop under the cgroup CPU quota; threads, throttling",
     params_model=CpuBoundParams,
-    case_keys=("task", "threads"),
+    case_keys=("task", "settings", "threads"),
     run=run,
     metrics=(
         time_metric("time", "time per call"),
@@ -145,4 +176,5 @@ WORKLOAD = Workload(
         MetricSpec("nr_throttled_delta", CONTEXT, "count", "cgroup CPU throttling periods during the case"),
         MetricSpec("throttled_usec_delta", CONTEXT, "us", "time throttled by the cgroup CPU quota during the case"),
     ),
+    sensitivity=sensitivity,
 )

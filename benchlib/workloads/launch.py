@@ -23,6 +23,7 @@ from typing import Any, Callable
 from pydantic import Field
 
 from ..device import Device
+from ..diagnosis.classes import HOST, always
 from ..params import CommonParams
 from ..timer import measure
 from ..metricspec import time_metric
@@ -121,4 +122,5 @@ WORKLOAD = Workload(
         time_metric("sync_roundtrip", "synchronize round trip"),
         time_metric("event_query_roundtrip", "event-query round trip"),
     ),
+    sensitivity=always(HOST)  # the host issues and waits: launch latency is host-bound,
 )

@@ -25,6 +25,7 @@ from pydantic import Field, ValidationInfo, field_validator
 
 from .. import ceilings
 from ..device import Device
+from ..diagnosis.classes import GPU_KERNELS, HOST, Sensitivity
 from ..llm import SHAPES, BackendConfig, InputSpec, make_backend, run_scenario
 from ..llm.base import Kernels, KvCacheMode
 from ..llm.metrics import METRIC_SPECS, Ceilings, ScenarioInfo, scenario_metrics
@@ -182,4 +183,5 @@ WORKLOAD = Workload(
     case_keys=("backend", "shape", "dtype", "mode", "batch", "input_len", "output_len"),
     run=run,
     metrics=METRIC_SPECS + BENCH_METRIC_SPECS,
+    sensitivity=lambda params, on_gpu: Sensitivity(frozenset({GPU_KERNELS, HOST} if on_gpu else {HOST}))  # kernels and the decode loop,
 )

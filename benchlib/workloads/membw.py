@@ -16,6 +16,7 @@ from typing import Callable, Literal
 from pydantic import Field
 
 from ..device import Device
+from ..diagnosis.classes import GPU_KERNELS, HOST, Sensitivity
 from ..params import CommonParams
 from ..timer import measure
 from ..metricspec import time_metric
@@ -100,4 +101,5 @@ WORKLOAD = Workload(
     case_keys=("op", "size_mib", "dtype"),
     run=run,
     metrics=(time_metric("time", "time per call"),),
+    sensitivity=lambda params, on_gpu: Sensitivity(frozenset({GPU_KERNELS if on_gpu else HOST})),
 )

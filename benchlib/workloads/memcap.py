@@ -26,6 +26,7 @@ from pydantic import Field
 
 from .. import hostmem
 from ..device import Device
+from ..diagnosis.classes import CAPACITY, always
 from ..params import CommonParams
 from ..metricspec import CONTEXT, MetricSpec
 from . import Metric, Workload
@@ -272,4 +273,5 @@ WORKLOAD = Workload(
         MetricSpec("nvml_total", CONTEXT, "B", "total device memory (NVML)"),
         MetricSpec("nvml_used", CONTEXT, "B", "used device memory (NVML)", tolerance=0.05),
     ),
+    sensitivity=always(CAPACITY),
 )

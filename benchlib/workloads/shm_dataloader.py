@@ -19,6 +19,7 @@ from typing import Literal
 from pydantic import Field
 
 from ..device import Device
+from ..diagnosis.classes import HOST, SHARED_MEMORY, always
 from ..params import CommonParams
 from ..timer import measure
 from ..metricspec import time_metric
@@ -146,4 +147,5 @@ WORKLOAD = Workload(
     case_keys=("num_workers", "batch_mib"),
     run=run,
     metrics=(time_metric("time", "time per batch"),),
+    sensitivity=always(SHARED_MEMORY, HOST)  # batches through /dev/shm from worker processes,
 )

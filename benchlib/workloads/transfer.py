@@ -17,6 +17,7 @@ from typing import Callable, Literal
 from pydantic import Field
 
 from ..device import Device
+from ..diagnosis.classes import COPIES, HOST, always
 from ..errors import SkipCase
 from ..params import CommonParams
 from ..timer import measure
@@ -71,4 +72,5 @@ WORKLOAD = Workload(
     case_keys=("mode", "direction", "memory", "size_kib"),
     run=run,
     metrics=(time_metric("time", "time per copy"),),
+    sensitivity=always(COPIES, HOST)  # DMA over PCIe; pageable and small copies are host-bound,
 )
