@@ -435,3 +435,54 @@ def test_a_rank_killed_mid_sweep_fails_the_case_naming_it(monkeypatch):
     assert outcome.exit_codes[1] == -signal.SIGKILL and not outcome.timed_out
     message = collectives.failure_message(params, collectives.Plan("gloo", 2), outcome, None)
     assert "rank 1: killed by SIGKILL" in message and "/dev/shm: not present" in message
+
+
+# --------------------------------------------------------------------------- benchmarks/collectives_vs_nccl_tests.py
+
+SCRIPT = REPO / "benchmarks" / "collectives_vs_nccl_tests.py"
+
+
+def _script(*args: str, timeout: float = 900) -> "subprocess.CompletedProcess":
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, str(SCRIPT), *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "BENCHLIB_LOCK_DIR": os.environ.get(
+                              "BENCHLIB_LOCK_DIR", tempfile.gettempdir())})
+
+
+def test_script_says_what_the_build_lacks(tmp_path):
+    tarball = tmp_path / "nccl-tests-2.19.6.tar.gz"
+    tarball.write_bytes(b"not a tarball")
+    done = _script("--nccl-tests-tar", str(tarball), "--out", str(tmp_path / "out"), "--work", str(tmp_path / "w"),
+                   timeout=300)
+    assert done.returncode == 2, done.stderr[-3000:]
+    # the first thing this machine lacks: nvcc (CI), NCCL, or (on a GPU host) a real tarball
+    assert done.stderr.strip().splitlines()[-1] in (
+        "error: nvcc not found: set CUDA_HOME or put the CUDA toolkit's bin on PATH",
+        "error: no NCCL headers and library found (nccl.h and libnccl.so): set NCCL_HOME, or install torch's "
+        "nvidia-nccl wheel or the libnccl-dev package",
+        f"error: {tarball} is not a readable tar archive of the nccl-tests source",
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.notebook
+def test_script_compares_the_workload_with_a_saved_all_reduce_perf_output(tmp_path):
+    """On the CPU: gloo at 8 B..1 MiB against the real H100 table's 1 MiB line (checks the plumbing, not a figure)."""
+    saved = tmp_path / "all_reduce_perf.txt"
+    saved.write_text(NCCL_TESTS_H100)
+    out = tmp_path / "out"
+    done = _script("--cpu", "--nccl-tests-output", str(saved), "--arms", "native", "--rounds", "1",
+                   "--max-bytes", "1M", "--size", "1M", "--out", str(out))
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    figures = json.loads((out / "figures.json").read_text())
+    assert figures["nccl_tests"]["in_place_busbw_gbs"] == 23.31 and figures["nccl_tests"]["out_of_place_busbw_gbs"] == 19.88
+    native = figures["arms"]["native"]
+    assert native["ranks"] == 2 and native["busbw_gbs"] > 0 and native["failures"] == []
+    assert native["difference"] == pytest.approx(native["busbw_gbs"] / 23.31 - 1)
+    table = done.stdout.splitlines()
+    assert table[0] == "all-reduce bus bandwidth at 1MiB, GB/s, median over rounds"
+    assert any(line.startswith("nccl-tests all_reduce_perf, in place") and "23.31" in line and "(reference)" in line
+               for line in table)
+    assert any(line.startswith("benchlib collectives, native") and line.split()[3] == "2" for line in table)
