@@ -19,10 +19,9 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable
 
-from .nccl import Shape, nccl_version, shape
+from .nccl import ELEMENT_BYTES, Shape, nccl_version, shape
 from .timer import BATCH_SECONDS, TimerConfig, measure, stop_reason
 
-ELEMENT_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 #: Largest integer each dtype holds exactly (the check's sums stay at or below it).
 EXACT_INTEGER = {"fp32": 1 << 24, "bf16": 256, "fp16": 2048}
 CHECK_CHUNK = 1 << 24  # elements compared at once, so a 1 GiB check needs no 1 GiB of temporaries

@@ -25,6 +25,7 @@ from types import ModuleType
 from typing import Iterable
 
 OPS = ("all_reduce", "all_gather", "reduce_scatter", "broadcast")
+ELEMENT_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}  # the dtypes the collectives workload runs
 
 #: Transport classes a channel connection is counted under (``via P2P/...`` -> "p2p", ...).
 TRANSPORT_CLASSES = ("p2p", "shm", "net_socket", "net_ib", "net_other", "other")

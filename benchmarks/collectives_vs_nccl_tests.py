@@ -124,7 +124,7 @@ def build(tarball: Path, work: Path, out: Path, mpi: bool) -> tuple[Path, Path]:
     try:
         with tarfile.open(tarball) as archive:
             archive.extractall(source, filter="data")
-    except tarfile.TarError as exc:
+    except tarfile.TarError:
         raise SetupError(f"{tarball} is not a readable tar archive of the nccl-tests source") from None
     tops = [path for path in source.iterdir() if (path / "src" / "Makefile").is_file()]
     top = tops[0] if tops else source

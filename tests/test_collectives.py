@@ -11,6 +11,8 @@ import ast
 import json
 import os
 import signal
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -442,10 +444,7 @@ def test_a_rank_killed_mid_sweep_fails_the_case_naming_it(monkeypatch):
 SCRIPT = REPO / "benchmarks" / "collectives_vs_nccl_tests.py"
 
 
-def _script(*args: str, timeout: float = 900) -> "subprocess.CompletedProcess":
-    import subprocess
-    import sys
-
+def _script(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(SCRIPT), *args], cwd=REPO, capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, "BENCHLIB_LOCK_DIR": os.environ.get(
                               "BENCHLIB_LOCK_DIR", tempfile.gettempdir())})

@@ -44,7 +44,8 @@ from pydantic import Field, field_validator
 from .. import _process
 from ..device import Device
 from ..errors import SkipCase
-from ..nccl import DebugLog, Shape, busbw_factor, diagnose_failure, parse_debug_log, shape, size_label, size_sweep
+from ..nccl import (ELEMENT_BYTES, DebugLog, Shape, busbw_factor, diagnose_failure, parse_debug_log, shape, size_label,
+                    size_sweep)
 from ..params import CommonParams
 from ..timer import Sample
 from . import Metric, Workload
@@ -52,7 +53,6 @@ from ._support import point_metric, shm_space
 
 MIB = 1 << 20
 MAX_BYTES = 64 << 30
-ELEMENT_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 #: Set in the workers unless the environment already sets them: no NVLink SHARP (NVLS) multicast.
 NO_MULTICAST = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 PEER_GRACE_S = 15.0  # after one rank fails, how long the others get to fail or finish on their own
@@ -299,7 +299,8 @@ def _size_note(params: CollectivesParams, job: Plan, geometry: Shape, entry: dic
             f"stop={entry['stop_reason']}; {checked}")
 
 
-def context_metrics(job: Plan, outcome: JobOutcome, env_notes: list[str], space: tuple[int, int] | None) -> list[Metric]:
+def context_metrics(job: Plan, outcome: JobOutcome, env_notes: list[str],
+                    space: tuple[int, int] | None) -> list[Metric]:
     """ranks, and with NCCL the connections per transport class from its INFO log."""
     versions = sorted({str(record.get("nccl")) for record in outcome.records if record.get("nccl")})
     worker = f"workers: {', '.join(env_notes)}; {_shm_note(space)}"
