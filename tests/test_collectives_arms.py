@@ -1,7 +1,7 @@
 """The collectives workload (gloo, 2 CPU processes) in real containers, with Docker's /dev/shm and a 1 MiB one.
 
 What is true on the CPU: gloo moves tensors over TCP on the loopback and opens nothing in /dev/shm
-(checked with strace: no open of /dev/shm, no memfd), so a 1 MiB /dev/shm neither fails nor breaks
+(strace of both ranks, by hand: no open of /dev/shm, no memfd), so a 1 MiB /dev/shm neither fails nor breaks
 the exact check, and the record says how small /dev/shm was. The GPU path, where NCCL does use
 /dev/shm, fails under a small one with the reason and the fix (tests/test_collectives.py checks
 that sentence on NCCL's real messages); it cannot run here.
