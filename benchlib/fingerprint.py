@@ -3,9 +3,11 @@
 :func:`capture` records, once per invocation, everything that can make two arms differ: container
 engine and evidence, versions (driver, CUDA, cuBLAS, cuDNN, torch), the torch build's GPU arches vs
 the device, math modes, GPU clocks and power limits, CPU quota and cpuset, memory limits, /dev/shm,
-seccomp, ulimits and the CUDA_/NVIDIA_/TORCH_/NCCL_/OMP_/TRITON_ environment. Every probe is guarded: a
-failure is recorded as ``"error: ..."`` (or None for an absent file), never raised. Nothing spawns a
-process. The result passes through :func:`benchlib.redact.redact` so no secret reaches env.json or a report.
+seccomp, ulimits, NCCL (version, and the GPU topology from ``nvidia-smi topo -m`` on a host with
+2+ GPUs) and the CUDA_/NVIDIA_/TORCH_/NCCL_/NVSHMEM_/OMP_/TRITON_ environment. Every probe is guarded: a failure is
+recorded as ``"error: ..."`` (or None for an absent file), never raised. Nothing spawns a process
+except ``nvidia-smi topo -m``, and only with 2+ GPUs. The result passes through
+:func:`benchlib.redact.redact` so no secret reaches env.json or a report.
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ from . import hostmem
 from .redact import REDACTED, redact  # noqa: F401  (re-exported: the fingerprint's redaction)
 from .telemetry import NvmlUnavailable, decode_clock_event_reasons, nvml_session, visible_devices
 
-ENV_PREFIXES = ("CUDA_", "NVIDIA_", "TORCH_", "NCCL_", "OMP_", "PYTORCH_", "MKL_", "BENCHLIB_", "TRITON_")
+ENV_PREFIXES = ("CUDA_", "NVIDIA_", "TORCH_", "NCCL_", "NVSHMEM_", "OMP_", "PYTORCH_", "MKL_", "BENCHLIB_", "TRITON_")
 ENGINES = ("docker", "podman", "apptainer", "enroot", "containerd", "kubernetes", "runc")
 IMAGE_IDENTITY = Path("/etc/benchlib/image.json")
 #: What the runner sets in every arm (benchlib.engines), by fingerprint key.
@@ -89,6 +91,7 @@ def capture() -> dict[str, Any]:
             "limits": _safe(_limits),
             "mounts": _safe(_mounts),
             "env": {k: v for k, v in sorted(os.environ.items()) if k.startswith(ENV_PREFIXES) or k == "LD_LIBRARY_PATH"},
+            "nccl": _safe(_nccl, torch, nvml),
         }
     return redact(fp)
 
@@ -493,6 +496,31 @@ def _clock_event_mask(nvml: ModuleType, h: Any) -> int:
         return nvml.nvmlDeviceGetCurrentClocksEventReasons(h)
     except (AttributeError, nvml.NVMLError_FunctionNotFound, nvml.NVMLError_NotSupported):
         return nvml.nvmlDeviceGetCurrentClocksThrottleReasons(h)
+
+
+def _nccl(torch: ModuleType | None, nvml: ModuleType | None) -> dict[str, Any]:
+    """NCCL as torch links it, and how the GPUs connect (the collectives workload's context)."""
+    from .nccl import nccl_version
+
+    return {"version": _safe(nccl_version, torch), "topology": _safe(_topology, nvml)}
+
+
+def _topology(nvml: ModuleType | None) -> Any:
+    """``nvidia-smi topo -m`` as ``{"GPU0": {"GPU1": "NV18", ...}}`` with 2+ GPUs; None with fewer."""
+    import shutil
+    import subprocess
+
+    from .nccl import parse_topology
+
+    if nvml is None or nvml.nvmlDeviceGetCount() < 2:
+        return None
+    binary = shutil.which("nvidia-smi")
+    if binary is None:
+        return "nvidia-smi not found"
+    done = subprocess.run([binary, "topo", "-m"], capture_output=True, text=True, timeout=15)
+    if done.returncode != 0:
+        return f"error: nvidia-smi topo -m exited {done.returncode}: {(done.stderr or done.stdout).strip()[:300]}"
+    return parse_topology(done.stdout) or done.stdout.strip()[:4000]
 
 
 # --------------------------------------------------------------------------- CPU, cgroup, memory, OS

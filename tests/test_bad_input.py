@@ -75,7 +75,7 @@ CASES = {
     "entry-not-a-mapping": (None, "benchmarks: [launch]\n", "suite",
                             "key 'benchmarks[0]' must be a mapping with keys benchmark, estimate_s, params", ()),
     "unknown-benchmark": (None, f"benchmarks:\n  - {GOOD}\n  - {{benchmark: matmull, params: smoke}}\n", "suite",
-                          "key 'benchmarks[1].benchmark' must be one of cpu_bound,", ()),
+                          "key 'benchmarks[1].benchmark' must be one of collectives, cpu_bound,", ()),
     "missing-params-file": (None, "benchmarks:\n  - {benchmark: launch, params: nosuch}\n", "suite",
                             "key 'benchmarks[0].params' names", ()),
     "estimate-negative": (None, "benchmarks:\n  - {benchmark: launch, params: smoke, estimate_s: -1}\n", "suite",
