@@ -111,8 +111,9 @@ class FleetState:
             else:
                 lines.append(f"  {slot.slot}: {slot.state}{' (' + progress + ')' if progress else ''}"
                              f"{': ' + slot.why if slot.why else ''}")
+        listed = {slot.node for slot in self.slots if slot.state in (SLOT_MISSING, SLOT_NOT_STARTED)}
         lines += [f"  {item['where']}: missing: {item['why']}" for item in self.missing
-                  if not any(slot.slot == item["where"] for slot in self.slots)]
+                  if item["where"].split(" ")[0] not in listed]
         return "\n".join(lines)
 
 
@@ -228,8 +229,8 @@ def fleet_state(run_dir: Path, job: JobInfo | None = None) -> FleetState:
         where = node if not node_shards else f"{node} ({absent} of {gpus} GPU slots)"
         missing.append({"where": where, "why": why})
         state = SLOT_NOT_STARTED if record and record.get("shared_check") == "ok" and not job_ended(job) else SLOT_MISSING
-        for k in range(absent):
-            slots.append(SlotState(f"{node}-gpu?{'' if absent == 1 else k + 1}", node, None, state, why=why))
+        for k in range(len(node_shards), gpus):
+            slots.append(SlotState(f"{node} (slot {k + 1}/{gpus})", node, None, state, why=why))
     unknown = nodes_expected - len(known)
     if unknown > 0:
         missing.append({"where": f"{unknown} node(s) not yet known",
@@ -261,6 +262,9 @@ def _slot_state(run_dir: Path, slot: Slot, job: JobInfo | None) -> SlotState:
         return SlotState(state=SLOT_PARTIAL, why=f"{failed} invocation(s) failed, e.g. {first.label}: {first.error}",
                          **base)
     resubmit = f"resubmit with `sbatch {layout.script_path(run_dir)}` to resume it"
+    error = _last_attempt_error(run_dir, slot)
+    if error and (job is None or job.ended):
+        return SlotState(state=SLOT_STOPPED, why=f"{error}; {resubmit} once fixed", **base)
     if manifest.status == INTERRUPTED:
         note = _last_note(manifest)
         return SlotState(state=SLOT_STOPPED, why=f"interrupted ({note}); {resubmit}", **base)
@@ -269,6 +273,15 @@ def _slot_state(run_dir: Path, slot: Slot, job: JobInfo | None) -> SlotState:
                          f"{', ' + job.reason if job.reason and job.reason != 'None' else ''}): it was killed or its "
                          f"node failed; {resubmit}", **base)
     return SlotState(state=SLOT_RUNNING, **base)
+
+
+def _last_attempt_error(run_dir: Path, slot: Slot) -> str | None:
+    """The error of the slot's last attempt (slot.json), when it ended with one (e.g. an arm's preflight)."""
+    try:
+        attempts = json.loads((layout.shard_dir(run_dir, slot) / layout.SLOT_FILE).read_text()).get("attempts", [])
+    except (OSError, json.JSONDecodeError):
+        return None
+    return attempts[-1].get("error") if attempts else None
 
 
 def _last_note(manifest: Manifest) -> str:

@@ -16,10 +16,10 @@ from .shards import JobInfo
 
 QUERY_TIMEOUT_S = 30
 
-#: Words in Slurm's refusal -> the option a user fixes, and how.
+#: Words in Slurm's refusal -> the option a user fixes, and how (first match wins: "account/partition" is the account).
 _REJECTIONS: tuple[tuple[str, str], ...] = (
-    ("partition", "--partition names a partition this cluster does not have or you may not use; `sinfo -s` lists them"),
     ("account", "--account names an account Slurm does not accept for you; `sacctmgr show assoc user=$USER` lists yours"),
+    ("partition", "--partition names a partition this cluster does not have or you may not use; `sinfo -s` lists them"),
     ("node name", "--nodelist names a node this cluster does not have; `sinfo -N` lists them"),
     ("feature", "a --constraint in the suite's sbatch_options names a feature no node has; `sinfo -o '%N %f'` lists them"),
     ("qos", "a --qos in the suite's sbatch_options is not one you may use; `sacctmgr show qos` lists them"),
