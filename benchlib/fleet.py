@@ -109,9 +109,11 @@ def slot_comparisons(results: pd.DataFrame, baseline: str | None = None, margin:
     """Every arm against ``baseline`` (default: the first arm in row order) on each slot, with
     :func:`benchlib.stats.compare`'s statistics and verdicts; columns ``node, gpu`` + ``COMPARE_COLUMNS``.
 
-    One call of ``compare`` does every slot: the slot goes into the benchmark key, so each slot's
-    rows are compared only with its own baseline invocations, and Holm's families are per slot
-    (benchmark × metric × arm of that slot). A slot without the baseline arm gets ``too_few`` rows.
+    One call of ``compare`` does every slot: the slot goes into its benchmark key, so each slot's
+    rows are compared only with its own baseline invocations, Holm's families are per slot
+    (benchmark × metric × arm of that slot), and every row's random draws are seeded by its own key
+    (a slot's numbers do not depend on the other slots). A slot without the baseline arm gets
+    ``too_few`` rows.
     """
     results = with_slots(results)
     if results.empty:

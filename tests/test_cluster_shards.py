@@ -7,6 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 import benchlib
@@ -158,3 +159,37 @@ def test_status_and_collect_commands(run, cli):
     assert (run / "manifest.json").is_file() and (run / "fleet.json").is_file()
     bad = cli("status", str(run.parent / "nowhere"))
     assert bad.returncode == 2 and bad.stderr.startswith("error: ") and "--on slurm" in bad.stderr
+
+
+def test_load_fleet_reads_consolidated_shards_and_files_alike(tmp_path):
+    from benchlib.cluster.load import SHARD_INDEX, load_fleet
+
+    spec = FleetSpec(nodes=2, gpus=2, invocations=2, samples=3, run_id="r2", seed=4)
+    results, telemetry = simulate(spec)
+    run = write_run(tmp_path / "r2", spec, results, telemetry)
+    shards.collect(run)
+
+    def ordered(frame):
+        return frame.sort_values(list(frame.columns)).reset_index(drop=True)
+
+    fast_results, fast_polls = load_fleet(run)
+    assert set(fast_results["node"]) == {"node000", "node001"} and set(fast_results["gpu"]) == {0, 1}
+    assert len(fast_results) == len(results) and len(fast_polls) == len(telemetry)
+    # the same rows, file by file, once the consolidations are gone
+    for index in run.glob(f"nodes/*/{SHARD_INDEX}"):
+        index.unlink()
+    slow_results, slow_polls = load_fleet(run)
+    columns = list(fast_results.columns)
+    pd.testing.assert_frame_equal(ordered(fast_results), ordered(slow_results[columns]))
+    assert ordered(fast_polls[list(slow_polls.columns)]).equals(ordered(slow_polls))
+    # a consolidation that no longer matches its shard's manifest (a resumed invocation) is not used
+    from benchlib.cluster.load import consolidate_shard
+
+    folder = layout.shard_dir(run, Slot("node000", 1))
+    consolidate_shard(folder)
+    edit_shard(run, Slot("node000", 1), lambda m: m.invocations[0].files.update({"results.parquet": "0" * 64}))
+    shards.collect(run)
+    stale_results, _ = load_fleet(run)
+    pd.testing.assert_frame_equal(ordered(stale_results[columns]), ordered(fast_results))
+    # the polls carry each shard's run id, so they join the samples of their invocation
+    assert set(fast_polls["run_id"]) == set(fast_results["run_id"])

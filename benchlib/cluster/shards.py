@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .. import _atomic
+from .. import _atomic, redact
 from ..errors import BenchlibError
 from ..manifest import COMPLETE, FAILED, INTERRUPTED, PARTIAL, PENDING, RUNNING, Invocation, Manifest
 from . import layout
@@ -147,7 +147,7 @@ def write_plan(run_dir: Path, plan: Manifest) -> Path:
         invocation.status = PENDING
     path = layout.plan_path(run_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
-    return _atomic.write_json(path, json.loads(json.dumps(asdict(plan), default=str)))
+    return _atomic.write_json(path, redact.redact_obj(json.loads(json.dumps(asdict(plan), default=str))))
 
 
 def shard_manifest(plan: Manifest, slot: Slot, host: dict[str, Any],

@@ -14,7 +14,8 @@ once per (node, GPU):
   what Slurm gave it (``slot.json``: job, step, task, ``CUDA_VISIBLE_DEVICES``, the GPU's UUID, the
   CPUs it may run on), takes its GPU's lock (``BENCHLIB_GPU_IDS`` = that GPU alone) and runs the
   shard as ``benchlib run --resume`` runs a local run: invocations interleaved across arms, every
-  arm preflighted on the node, complete invocations kept.
+  arm preflighted on the node, complete invocations kept. Then it consolidates the shard into two
+  files (:func:`benchlib.cluster.load.consolidate_shard`) for the host that collects.
 
 Exit status: 0 the slot is complete, 1 it ended with failed invocations, 2 bad input or an arm that
 cannot run (one sentence), 3 the node cannot take part (run directory not shared, no record, no arm
@@ -253,6 +254,9 @@ def measure(run_dir: Path, env: Mapping[str, str]) -> int:
         return EXIT_BAD_INPUT
     except KeyboardInterrupt as exc:
         return 128 + int(getattr(exc, "signum", 2))
+    from .load import consolidate_shard
+
+    consolidate_shard(shard)  # two files per shard for the collecting host, written here on the node
     print(f"slot {slot.name}: {outcome.manifest.status}", file=sys.stderr)
     return EXIT_OK if outcome.ok else EXIT_FAILED
 
