@@ -102,6 +102,11 @@ class Manifest:
         path = Path(run_dir) / MANIFEST_FILE
         if not path.is_file():
             raise BenchlibError(f"{run_dir} has no {MANIFEST_FILE}: it is not a benchlib run directory.")
+        return cls.read(path)
+
+    @classmethod
+    def read(cls, path: Path) -> "Manifest":
+        """A manifest from a file of any name (a cluster run's plan.json is one)."""
         try:
             data = json.loads(path.read_text())
         except json.JSONDecodeError as exc:

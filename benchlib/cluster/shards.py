@@ -126,17 +126,7 @@ def load_plan(run_dir: Path) -> Manifest:
     if not path.is_file():
         raise BenchlibError(f"{run_dir} has no {layout.SLURM_DIR}/{layout.PLAN_FILE}: it is not a run submitted with "
                             "`benchlib run --on slurm`.")
-    return _load_manifest_file(path)
-
-
-def _load_manifest_file(path: Path) -> Manifest:
-    """A manifest from any file name (Manifest.load reads manifest.json of a folder)."""
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise BenchlibError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}).") from None
-    data["invocations"] = [Invocation(**item) for item in data.get("invocations", [])]
-    return Manifest(**data)
+    return Manifest.read(path)
 
 
 def write_plan(run_dir: Path, plan: Manifest) -> Path:

@@ -51,30 +51,28 @@ def rejection_sentence(stderr: str) -> str:
     return f"Slurm rejects the job ({detail}): check the --on slurm options and the suite's sbatch_options."
 
 
-def check_accepted(script_text: str) -> None:
-    """``sbatch --test-only`` with the job's script: Slurm validates every option, submits nothing."""
+def _sbatch(args: list[str], script_text: str | None = None) -> subprocess.CompletedProcess:
+    """``sbatch ARGS`` (the script on stdin when given); Slurm's refusal as one sentence (exit 2)."""
     sbatch = require_sbatch()
     try:
-        done = subprocess.run([sbatch, "--test-only"], input=script_text, capture_output=True, text=True,
+        done = subprocess.run([sbatch, *args], input=script_text, capture_output=True, text=True,
                               timeout=QUERY_TIMEOUT_S, check=False)
     except subprocess.TimeoutExpired:
-        raise BenchlibError(f"`sbatch --test-only` did not answer within {QUERY_TIMEOUT_S} s: is slurmctld "
+        raise BenchlibError(f"`sbatch {args[0]}` did not answer within {QUERY_TIMEOUT_S} s: is slurmctld "
                             "reachable? (`scontrol ping`)") from None
     if done.returncode != 0:
         raise ParamsError(rejection_sentence(done.stderr or done.stdout))
+    return done
+
+
+def check_accepted(script_text: str) -> None:
+    """``sbatch --test-only`` with the job's script: Slurm validates every option, submits nothing."""
+    _sbatch(["--test-only"], script_text)
 
 
 def submit(script: Path) -> str:
     """Submit the batch script; the job id."""
-    sbatch = require_sbatch()
-    try:
-        done = subprocess.run([sbatch, "--parsable", str(script)], capture_output=True, text=True,
-                              timeout=QUERY_TIMEOUT_S, check=False)
-    except subprocess.TimeoutExpired:
-        raise BenchlibError(f"`sbatch` did not answer within {QUERY_TIMEOUT_S} s: is slurmctld reachable? "
-                            "(`scontrol ping`)") from None
-    if done.returncode != 0:
-        raise ParamsError(rejection_sentence(done.stderr or done.stdout))
+    done = _sbatch(["--parsable", str(script)])
     job_id = done.stdout.strip().split(";")[0]
     if not job_id.isdigit():
         raise BenchlibError(f"sbatch answered {done.stdout.strip()!r} instead of a job id; see `squeue --me`.")

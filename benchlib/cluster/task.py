@@ -115,6 +115,14 @@ def shared_check(run_dir: Path, env: Mapping[str, str]) -> str | None:
     return None
 
 
+def _shared(run_dir: Path, env: Mapping[str, str]) -> bool:
+    """The shared-filesystem check, its failure said on stderr (the task's Slurm output)."""
+    problem = shared_check(run_dir, env)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+    return problem is None
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -166,9 +174,7 @@ def run_imports(arms: list[Arm], ctx: containers.NodeContext, run: Runner = subp
 def prepare(run_dir: Path, env: Mapping[str, str], run: Runner = subprocess.run) -> int:
     """Step 1 of the batch script, once per node (see the module docstring)."""
     run_dir = Path(run_dir)
-    problem = shared_check(run_dir, env)
-    if problem:
-        print(f"error: {problem}", file=sys.stderr)
+    if not _shared(run_dir, env):
         return EXIT_NODE
     node = node_name(env)
     plan = shards.load_plan(run_dir)
@@ -221,9 +227,7 @@ def measure(run_dir: Path, env: Mapping[str, str]) -> int:
     from ..gpulock import IDS_ENV
 
     run_dir = Path(run_dir)
-    problem = shared_check(run_dir, env)
-    if problem:
-        print(f"error: {problem}", file=sys.stderr)
+    if not _shared(run_dir, env):
         return EXIT_NODE
     slot = slot_of(env)
     record = shards.read_node_record(run_dir, slot.node)
