@@ -91,6 +91,7 @@ def test_two_gpu_slots_on_one_node(node, suite, tmp_path, monkeypatch):
         attempt = json.loads((folder / layout.SLOT_FILE).read_text())["attempts"][-1]
         slots[gpu] = attempt
         assert benchlib.load_manifest(folder).status == "complete"
+        assert (folder / "shard-index.json").is_file()  # consolidated on the node for the collecting host
     # Slurm gave each task its own GPU (gres File=/dev/nvidia[0-1]), and both ran in one job step
     assert {slots[g]["CUDA_VISIBLE_DEVICES"] for g in slots} == {"0", "1"}
     assert all(slots[g]["SLURM_STEP_GPUS"] == str(g) for g in slots)
@@ -105,6 +106,11 @@ def test_two_gpu_slots_on_one_node(node, suite, tmp_path, monkeypatch):
     assert set(results["status"]) == {"ok"}
     state = shards.fleet_state(run_dir, info)
     assert state.complete and state.counts() == {"complete": 2}
+    from benchlib.cluster.load import load_fleet
+
+    fleet_results, _ = load_fleet(run_dir)
+    assert sorted(set(zip(fleet_results["node"], fleet_results["gpu"]))) == [(node, 0), (node, 1)]
+    assert len(fleet_results) == len(results)
 
 
 def test_a_run_directory_the_node_does_not_share(node, suite, tmp_path):
