@@ -32,6 +32,7 @@ run: setup
 test: setup
 	@bash .ci/setup-browser.sh || [ "$$CI" != "true" ]
 	@bash .ci/build-images.sh || { [ "$$CI" = "true" ] && exit 1; echo "note: no container engine here; Docker tests will skip"; }
+	@bash .ci/slurm-setup.sh || { [ "$$CI" = "true" ] && exit 1; echo "note: no one-node Slurm here; the --on slurm tests will skip"; }
 	$(PY) -m pytest
 
 image: setup

@@ -1,4 +1,4 @@
-"""``benchlib`` command line: run, list, env, report, image."""
+"""``benchlib`` command line: run, list, env, report, status, collect, image."""
 from __future__ import annotations
 
 import argparse
@@ -101,6 +101,33 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0 if report.comparable else 1
 
 
+def _job_of(run_dir: Path, job_id: str | None):
+    """What Slurm says now of the run's job (``--job`` or the one submission.json names), or None."""
+    from .cluster import shards, slurmctl
+
+    job_id = job_id or shards.read_submission(run_dir).get("job_id")
+    return slurmctl.job_info(job_id) if job_id else None
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from .cluster import shards
+
+    run_dir = Path(args.run_dir)
+    print(shards.fleet_state(run_dir, _job_of(run_dir, args.job)).describe())
+    return 0
+
+
+def _cmd_collect(args: argparse.Namespace) -> int:
+    from .cluster import shards
+
+    run_dir = Path(args.run_dir)
+    collected = shards.collect(run_dir, _job_of(run_dir, args.job))
+    print(collected.state.describe())
+    print(f"merged {len(collected.manifest.invocations)} invocations into {run_dir / 'manifest.json'} "
+          f"({collected.manifest.status})")
+    return 0 if collected.complete else 1
+
+
 def _cmd_image_build(args: argparse.Namespace) -> int:
     from .engines import build_image
 
@@ -154,6 +181,16 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("run_dir")
     report.add_argument("--docs", help="docs directory to publish into (default: docs/)")
     report.set_defaults(handler=_cmd_report)
+
+    status = commands.add_parser("status", help="progress of a run on a Slurm cluster: every slot, missing nodes and why")
+    status.add_argument("run_dir")
+    status.add_argument("--job", help="the Slurm job id to ask about (default: the one the run was submitted as)")
+    status.set_defaults(handler=_cmd_status)
+    collect = commands.add_parser("collect", help="merge a cluster run's shards into one manifest (exit 1 while "
+                                                  "slots are missing or failed)")
+    collect.add_argument("run_dir")
+    collect.add_argument("--job", help="the Slurm job id to ask about (default: the one the run was submitted as)")
+    collect.set_defaults(handler=_cmd_collect)
 
     image = commands.add_parser("image", help="container images").add_subparsers(dest="image_command", required=True)
     build = image.add_parser("build", help="build the project image from the Dockerfile")

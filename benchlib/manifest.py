@@ -23,6 +23,7 @@ from . import _atomic, redact
 from .errors import BenchlibError
 
 MANIFEST_FILE = "manifest.json"
+SHARDS_DIR = "nodes"  # a run on a cluster: <run>/nodes/<node>-gpu<k>/ holds each shard (benchlib.cluster.layout)
 SCHEMA_VERSION = 1
 
 PENDING, RUNNING, COMPLETE, FAILED = "pending", "running", "complete", "failed"  # invocations (and runs)
@@ -46,10 +47,12 @@ class Invocation:
     error: str | None = None
     files: dict[str, str] = field(default_factory=dict)  # file name -> sha256
     notes: list[str] = field(default_factory=list)  # what else happened: interrupted, re-run on resume
+    shard: str | None = None  # a run on a cluster: the (node, GPU) shard that ran it (benchlib.cluster)
 
     @property
     def rel_dir(self) -> str:
-        return f"{self.arm}/{self.benchmark}/{self.case}/inv-{self.invocation}"
+        inside = f"{self.arm}/{self.benchmark}/{self.case}/inv-{self.invocation}"
+        return f"{SHARDS_DIR}/{self.shard}/{inside}" if self.shard else inside
 
     @property
     def label(self) -> str:
@@ -99,6 +102,11 @@ class Manifest:
         path = Path(run_dir) / MANIFEST_FILE
         if not path.is_file():
             raise BenchlibError(f"{run_dir} has no {MANIFEST_FILE}: it is not a benchlib run directory.")
+        return cls.read(path)
+
+    @classmethod
+    def read(cls, path: Path) -> "Manifest":
+        """A manifest from a file of any name (a cluster run's plan.json is one)."""
         try:
             data = json.loads(path.read_text())
         except json.JSONDecodeError as exc:

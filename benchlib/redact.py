@@ -209,8 +209,9 @@ def _values_of(environ: tuple[tuple[str, str], ...], extra: frozenset[str]) -> f
     return frozenset(secret_values(dict(environ)) | extra)
 
 
-def _redact_values(text: str, replacement: str) -> str:
-    present = [variant for variant in _all_variants(_known_values()) if variant in text]
+def _redact_values(text: str, replacement: str, variants: tuple[str, ...] | None = None) -> str:
+    present = [variant for variant in (_all_variants(_known_values()) if variants is None else variants)
+               if variant in text]
     if not present:
         return text
     return re.sub("|".join(map(re.escape, present)), replacement, text)
@@ -219,28 +220,30 @@ def _redact_values(text: str, replacement: str) -> str:
 # --------------------------------------------------------------------------- what writers call
 
 
-def redact_text(text: str, *, html_safe: bool = False) -> str:
+def redact_text(text: str, *, html_safe: bool = False, _variants: tuple[str, ...] | None = None) -> str:
     """``text`` with every secret replaced by ``<redacted>`` (``&lt;redacted&gt;`` when ``html_safe``,
     for a page or markdown, where a bare ``<redacted>`` would be a tag)."""
     replacement = REDACTED_HTML if html_safe else REDACTED
-    return _redact_patterns(_redact_values(text, replacement), replacement)
+    return _redact_patterns(_redact_values(text, replacement, _variants), replacement)
 
 
-def redact_obj(obj: Any, *, blobs: bool = False) -> Any:
+def redact_obj(obj: Any, *, blobs: bool = False, _variants: tuple[str, ...] | None = None) -> Any:
     """A copy of JSON-like ``obj``: a value under a key that names a secret becomes ``<redacted>``
     (None and booleans stay), every string goes through :func:`redact_text`; with ``blobs``, bare
-    high-entropy runs too (see :func:`redact`)."""
+    high-entropy runs too (see :func:`redact`). The environment's secrets are read once per call,
+    not once per string (a merged cluster manifest holds tens of thousands)."""
+    variants = _all_variants(_known_values()) if _variants is None else _variants
     if isinstance(obj, Mapping):
         out = {}
         for key, value in obj.items():
-            name = redact_text(key) if isinstance(key, str) else key
+            name = redact_text(key, _variants=variants) if isinstance(key, str) else key
             hide = isinstance(key, str) and secret_name(key) and value is not None and not isinstance(value, bool)
-            out[name] = REDACTED if hide else redact_obj(value, blobs=blobs)
+            out[name] = REDACTED if hide else redact_obj(value, blobs=blobs, _variants=variants)
         return out
     if isinstance(obj, (list, tuple)):
-        return [redact_obj(value, blobs=blobs) for value in obj]
+        return [redact_obj(value, blobs=blobs, _variants=variants) for value in obj]
     if isinstance(obj, str):
-        text = redact_text(obj)
+        text = redact_text(obj, _variants=variants)
         return _BLOB.sub(lambda m: REDACTED if _looks_random(m[0]) else m[0], text) if blobs else text
     return obj
 
