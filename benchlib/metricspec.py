@@ -78,11 +78,32 @@ def time_metric(name: str, label: str) -> MetricSpec:
     return MetricSpec(name, PERFORMANCE, "s", label, better=LOWER)
 
 
-def spec_registry() -> dict[tuple[str, str], MetricSpec]:
+class SpecRegistry(dict):
+    """(benchmark, metric) -> spec. A spec whose name ends in ``*`` declares a family of metrics by
+    prefix (``busbw@*`` covers ``busbw@1GiB``): exact names win, then the longest matching prefix."""
+
+    def _family(self, key: tuple[str, str]) -> MetricSpec | None:
+        benchmark, metric = key
+        matches = [spec for (bench, name), spec in self.items()
+                   if bench == benchmark and name.endswith("*") and metric.startswith(name[:-1])]
+        return max(matches, key=lambda spec: len(spec.name), default=None)
+
+    def get(self, key, default=None):  # type: ignore[override]
+        found = super().get(key)
+        if found is None and isinstance(key, tuple):
+            found = self._family(key)
+        return default if found is None else found
+
+    def __contains__(self, key) -> bool:
+        return self.get(key) is not None
+
+
+def spec_registry() -> SpecRegistry:
     """(benchmark, metric) -> spec, for every workload in the registry."""
     from .workloads import registry
 
-    return {(workload.name, spec.name): spec for workload in registry().values() for spec in workload.metrics}
+    return SpecRegistry({(workload.name, spec.name): spec for workload in registry().values()
+                         for spec in workload.metrics})
 
 
 def spec_for(benchmark: str, metric: str) -> MetricSpec | None:

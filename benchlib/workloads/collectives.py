@@ -43,7 +43,9 @@ from pydantic import Field, field_validator
 
 from .. import _process
 from ..device import Device
+from ..diagnosis.classes import COLLECTIVES, HOST, SHARED_MEMORY, Sensitivity
 from ..errors import SkipCase
+from ..metricspec import CONTEXT, HIGHER, PERFORMANCE, MetricSpec, time_metric
 from ..nccl import (ELEMENT_BYTES, DebugLog, Shape, busbw_factor, diagnose_failure, parse_debug_log, shape, size_label,
                     size_sweep)
 from ..params import CommonParams
@@ -352,4 +354,11 @@ WORKLOAD = Workload(
     params_model=CollectivesParams,
     case_keys=("op", "dtype"),
     run=run,
+    metrics=(
+        time_metric("time@*", "time per collective (latency for small messages)"),
+        MetricSpec("busbw@*", PERFORMANCE, "GB/s", "bus bandwidth (nccl-tests' definition)", better=HIGHER),
+        MetricSpec("ranks", CONTEXT, "count", "ranks (processes) in the collective"),
+        MetricSpec("transport_*", CONTEXT, "connections", "NCCL connections per transport"),
+    ),
+    sensitivity=lambda params, on_gpu: Sensitivity(frozenset({COLLECTIVES, SHARED_MEMORY, HOST})),
 )
