@@ -18,15 +18,13 @@ import numpy as np
 import pandas as pd
 
 from . import _atomic, ceilings, fingerprint, redact, schema
+from .layout import ENV_FILE, RESULTS_FILE, TELEMETRY_FILE
 from .device import Device, resolve_device
 from .errors import SkipCase
 from .params import CommonParams, expand_cases, validate
 from .schema import RunContext
 from .telemetry import NvmlSampler
 from .workloads import Metric, Workload, get_workload
-
-RESULTS_FILE, TELEMETRY_FILE, ENV_FILE = "results.parquet", "telemetry.parquet", "env.json"
-
 
 @dataclass
 class BenchResult:

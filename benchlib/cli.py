@@ -38,7 +38,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _resolve_resume(value: str, out_dir: Path) -> Path:
     if value != "latest":
         return Path(value)
-    runs = sorted(path.parent for path in out_dir.glob("*/manifest.json"))
+    from .layout import find_runs
+
+    runs = find_runs(out_dir)
     if not runs:
         raise BenchlibError(f"--resume: no run to resume under {out_dir}.")
     return runs[-1]

@@ -21,8 +21,7 @@ from typing import Any
 
 from . import _atomic, redact
 from .errors import BenchlibError
-
-MANIFEST_FILE = "manifest.json"
+from .layout import MANIFEST_FILE, invocation_dir
 SCHEMA_VERSION = 1
 
 PENDING, RUNNING, COMPLETE, FAILED = "pending", "running", "complete", "failed"  # invocations (and runs)
@@ -49,7 +48,7 @@ class Invocation:
 
     @property
     def rel_dir(self) -> str:
-        return f"{self.arm}/{self.benchmark}/{self.case}/inv-{self.invocation}"
+        return invocation_dir(self.arm, self.benchmark, self.case, self.invocation)
 
     @property
     def label(self) -> str:

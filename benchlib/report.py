@@ -34,16 +34,15 @@ import plotly.graph_objects as go
 
 from . import _atomic, ceilings, envdiff, figures, paths, schema, stats
 from .arms import raised_privileges
-from .bench import RESULTS_FILE
+from .layout import INDEX_HTML, INDEX_JSON, MARKDOWN, REPORTS_DIR, RESULTS_FILE, SUMMARY_CSV, SUMMARY_JSON, find_runs, report_name
 from .errors import BenchlibError
-from .manifest import COMPLETE, FAILED, MANIFEST_FILE, Invocation, Manifest
+from .layout import MANIFEST_FILE
+from .manifest import COMPLETE, FAILED, Invocation, Manifest
 from .redact import redact_obj, redact_text
 from .results import load_envs, load_manifest, load_telemetry
 
 NOTEBOOK = "analysis.ipynb"
 FIGURES = ("forest", "decomposition", "distributions", "telemetry", "energy", "ceilings")
-SUMMARY_CSV, SUMMARY_JSON, MARKDOWN = "summary.csv", "summary.json", "comparison_report.md"
-INDEX_JSON = "index.json"
 THROTTLED_SHARE = 0.05  # above this share of throttled samples, the report says so
 MAX_LISTED = 10  # problems of one kind listed one by one; the rest are counted
 NAMED_CASES = 3  # cases named per verdict in the headline; the rest are counted
@@ -119,7 +118,7 @@ def default_run_dir() -> Path:
     if (sample / MANIFEST_FILE).is_file():
         return sample
     for folder in (sample, outputs):
-        runs = sorted((p.parent for p in folder.glob(f"*/{MANIFEST_FILE}")), key=lambda p: p.stat().st_mtime)
+        runs = sorted(find_runs(folder), key=lambda p: p.stat().st_mtime)
         if runs:
             return runs[-1]
     raise BenchlibError(f"no run under {outputs}: run `benchlib run` first, or pass run_dir.")
@@ -817,10 +816,6 @@ def _export(notebook: Any, title: str) -> str:
     return body
 
 
-def _safe_name(run_id: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]", "_", run_id) or "run"
-
-
 def build_report(run_dir: str | Path, docs_dir: str | Path | None = None) -> Report:
     """Analyse a run, export its HTML report into ``docs_dir`` (default ``docs/``) and write the
     summaries beside the run; see the module docstring."""
@@ -832,7 +827,7 @@ def build_report(run_dir: str | Path, docs_dir: str | Path | None = None) -> Rep
     csv, summary, markdown = _write_summaries(analysis)
     with tempfile.TemporaryDirectory(prefix="benchlib-report-") as workdir:
         page = _export(_execute(run_dir.resolve(), Path(workdir)), f"benchlib report {analysis.run_id}")
-    target = _atomic.write_text(docs / "reports" / f"{_safe_name(analysis.run_id)}.html",
+    target = _atomic.write_text(docs / REPORTS_DIR / report_name(analysis.run_id),
                                 redact_text(page, html_safe=True))
     publish_index(docs, _index_entry(analysis, target.relative_to(docs).as_posix()))
     return Report(html=target, problems=analysis.problems, comparable=analysis.comparable,
@@ -855,7 +850,7 @@ def _index_entry(analysis: Analysis, href: str) -> dict[str, Any]:
 def publish_index(docs: Path, entry: dict[str, Any]) -> Path:
     """Add (or replace) ``entry`` in docs/reports/index.json, drop entries whose report is gone,
     regenerate docs/index.html from it and keep docs/.nojekyll; returns index.html's path."""
-    path = docs / "reports" / INDEX_JSON
+    path = docs / REPORTS_DIR / INDEX_JSON
     try:
         entries = json.loads(path.read_text()) if path.is_file() else []
     except json.JSONDecodeError as exc:
@@ -864,7 +859,7 @@ def publish_index(docs: Path, entry: dict[str, Any]) -> Path:
     entries = sorted([*entries, entry], key=lambda e: str(e.get("date", "")), reverse=True)
     _atomic.write_json(path, redact_obj(entries))
     _atomic.write_text(docs / ".nojekyll", "")
-    return _atomic.write_text(docs / "index.html", redact_text(_index_html(entries), html_safe=True))
+    return _atomic.write_text(docs / INDEX_HTML, redact_text(_index_html(entries), html_safe=True))
 
 
 def _index_html(entries: list[dict[str, Any]]) -> str:

@@ -8,7 +8,7 @@ from typing import Any
 import pandas as pd
 
 from . import schema
-from .bench import ENV_FILE, RESULTS_FILE, TELEMETRY_FILE
+from .layout import ENV_FILE, RESULTS_FILE, TELEMETRY_FILE
 from .errors import BenchlibError
 from .manifest import COMPLETE, Invocation, Manifest
 

@@ -41,16 +41,13 @@ import pandas as pd
 import yaml
 from tqdm.auto import tqdm
 
-from . import __version__, _atomic, _process, engines, gpulock, paths, redact, schema
+from . import __version__, _atomic, _process, engines, gpulock, layout, paths, redact, schema
 from .arms import Arm, arm_from_spec, raised_privileges, select_arms
-from .bench import ENV_FILE, RESULTS_FILE, TELEMETRY_FILE
 from .device import host_gpu_count, host_gpu_names
 from .errors import BenchlibError, ParamsError, PreflightError
 from .manifest import COMPLETE, FAILED, INTERRUPTED, PARTIAL, PENDING, RUNNING, Invocation, Manifest
+from .layout import CHECKSUMMED, EXECUTED_NOTEBOOK, LOG_FILE, PARAMS_FILE, RESULTS_FILE
 from .suites import Suite, load_suite, plan
-
-EXECUTED_NOTEBOOK, PARAMS_FILE, LOG_FILE = "executed.ipynb", "params.yaml", "papermill.log"
-CHECKSUMMED = (EXECUTED_NOTEBOOK, RESULTS_FILE, TELEMETRY_FILE, ENV_FILE, PARAMS_FILE)
 
 
 @dataclass
@@ -99,7 +96,7 @@ def _start(options: RunOptions, log) -> RunOutcome:
     invocations = plan(suite, [arm for arm, _ in ready], options.invocations or suite.invocations)
     host, commit = _host_facts(has_gpu), _git_commit()
     with _device_lock(options, f"suite {suite.name} (starting)", log) as lock:
-        run_dir = _new_run_dir(out_dir, suite.name)
+        run_dir = layout.new_run_dir(out_dir, suite.name)
         lock.name_run(run_dir.name)
         with _process.hold_exclusively(run_dir, "run directory"):
             manifest = Manifest(
@@ -380,15 +377,6 @@ def _error_line(log_path: Path) -> str:
             if marker in line:
                 return line[:400]
     return lines[-1][:400] if lines else f"no output; see {log_path}"
-
-
-def _new_run_dir(out_dir: Path, suite_name: str) -> Path:
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    candidate, n = out_dir / f"{stamp}-{suite_name}", 2
-    while candidate.exists():
-        candidate, n = out_dir / f"{stamp}-{suite_name}-{n}", n + 1
-    candidate.mkdir(parents=True)
-    return candidate
 
 
 def _host_facts(has_gpu: bool) -> dict[str, object]:
