@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from . import _atomic, ceilings, fingerprint, redact, schema
+from . import _atomic, ceilings, fingerprint, formats, redact, schema
 from .layout import ENV_FILE, RESULTS_FILE, TELEMETRY_FILE
 from .device import Device, resolve_device
 from .errors import SkipCase
@@ -85,12 +85,14 @@ def notebook_parameters(benchmark: str, namespace: dict[str, Any]) -> dict[str, 
 
 
 def write_invocation(directory: Path, results: pd.DataFrame, telemetry: pd.DataFrame, env: dict) -> None:
-    """Write the three files atomically, secrets redacted; results last, so its presence means the set
-    is whole."""
-    _atomic.write_json(directory / ENV_FILE, fingerprint.redact(env))
+    """Write the three files atomically, secrets redacted, each with its format version
+    (:mod:`benchlib.formats`); results last, so its presence means the set is whole."""
+    _atomic.write_json(directory / ENV_FILE, formats.stamped("env", fingerprint.redact(env)))
     _atomic.write_parquet(directory / TELEMETRY_FILE,
-                          redact.redact_frame(schema.conform(telemetry, schema.TELEMETRY_COLUMNS)))
-    _atomic.write_parquet(directory / RESULTS_FILE, redact.redact_frame(schema.conform(results)))
+                          redact.redact_frame(schema.conform(telemetry, schema.TELEMETRY_COLUMNS)),
+                          formats.parquet_metadata("telemetry"))
+    _atomic.write_parquet(directory / RESULTS_FILE, redact.redact_frame(schema.conform(results)),
+                          formats.parquet_metadata("results"))
 
 
 def _run_case(workload: Workload, case: CommonParams, context: RunContext) -> pd.DataFrame:

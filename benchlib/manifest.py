@@ -19,10 +19,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import _atomic, redact
+from . import _atomic, formats, redact
 from .errors import BenchlibError
 from .layout import MANIFEST_FILE, invocation_dir
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = formats.VERSIONS["manifest"]
 
 PENDING, RUNNING, COMPLETE, FAILED = "pending", "running", "complete", "failed"  # invocations (and runs)
 PARTIAL, INTERRUPTED = "partial", "interrupted"  # runs only
@@ -102,5 +102,6 @@ class Manifest:
             data = json.loads(path.read_text())
         except json.JSONDecodeError as exc:
             raise BenchlibError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}).") from None
+        formats.check("manifest", data.get(formats.VERSION_KEY), path)
         data["invocations"] = [Invocation(**item) for item in data.get("invocations", [])]
         return cls(**data)

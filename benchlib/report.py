@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from . import _atomic, ceilings, envdiff, figures, paths, schema, stats
+from . import _atomic, ceilings, envdiff, figures, formats, paths, schema, stats
 from .arms import raised_privileges
 from .layout import INDEX_HTML, INDEX_JSON, MARKDOWN, REPORTS_DIR, RESULTS_FILE, SUMMARY_CSV, SUMMARY_JSON, find_runs, report_name
 from .errors import BenchlibError
@@ -128,7 +128,7 @@ def _read_results(run_dir: Path, manifest: Manifest) -> tuple[pd.DataFrame, list
     """Results of every complete invocation that has them, and the complete ones that do not."""
     complete = [inv for inv in manifest.invocations if inv.status == COMPLETE]
     missing = [inv for inv in complete if not (run_dir / inv.rel_dir / RESULTS_FILE).is_file()]
-    frames = [pd.read_parquet(run_dir / inv.rel_dir / RESULTS_FILE) for inv in complete if inv not in missing]
+    frames = [formats.read_parquet(run_dir / inv.rel_dir / RESULTS_FILE, "results") for inv in complete if inv not in missing]
     frames = [frame for frame in frames if not frame.empty]
     results = schema.conform(pd.concat(frames, ignore_index=True)) if frames else schema.empty_results()
     return results, missing
@@ -726,7 +726,7 @@ def _write_summaries(analysis: Analysis) -> tuple[Path, Path, Path]:
         "comparisons": _json_records(analysis.comparison), "env_diff": _json_records(analysis.env_diff),
         "decomposition_arms": analysis.roles, "decomposition": _json_records(analysis.decomposition),
     }
-    summary = _atomic.write_json(run_dir / SUMMARY_JSON, redact_obj(record))
+    summary = _atomic.write_json(run_dir / SUMMARY_JSON, redact_obj(formats.stamped("summary", record)))
     markdown = _atomic.write_text(run_dir / MARKDOWN, redact_text(_markdown(analysis), html_safe=True))
     return csv, summary, markdown
 
