@@ -21,7 +21,7 @@ from . import _atomic, ceilings, fingerprint, formats, redact, schema
 from .layout import ENV_FILE, RESULTS_FILE, TELEMETRY_FILE
 from .device import Device, resolve_device
 from .errors import SkipCase
-from .params import CommonParams, expand_cases, validate
+from .params import CommonParams, case_name, expand_cases, validate
 from .schema import RunContext
 from .telemetry import NvmlSampler
 from .workloads import Metric, Workload, get_workload
@@ -96,14 +96,12 @@ def write_invocation(directory: Path, results: pd.DataFrame, telemetry: pd.DataF
 
 
 def _run_case(workload: Workload, case: CommonParams, context: RunContext) -> pd.DataFrame:
-    values = case.model_dump()
-    case_name = schema.case_id(values, workload.case_keys)
     base = {
         "run_id": context.run_id,
         "arm": context.arm,
         "benchmark": workload.name,
-        "case": case_name,
-        "params": schema.params_json(values),
+        "case": case_name(workload, case),
+        "params": schema.params_json(case.model_dump()),
         "invocation": context.invocation,
     }
     device: Device | None = None

@@ -26,8 +26,7 @@ from . import oci, paths
 from .arms import Arm, arm_from_spec
 from .errors import ParamsError, PreflightError
 from .manifest import Invocation
-from .params import error_sentence, key_name, read_yaml, validated_cases
-from .schema import case_id
+from .params import case_name, error_sentence, key_name, read_yaml, validated_cases
 from .workloads import get_workload, registry
 
 _STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
@@ -163,10 +162,7 @@ def expand_entry(benchmark: str, params: str, source: str, estimate_s: float | N
     values = read_yaml(path)
     planned = []
     for case_values, validated in validated_cases(workload.params_model, values, workload.case_keys, where):
-        # The case is named from the validated values, exactly as bench.py names its results,
-        # so a case key left to its default still gets the same name in the plan and the data.
-        name = case_id(validated.model_dump(), workload.case_keys)
-        planned.append(PlannedCase(benchmark, where, name, case_values, estimate_s))
+        planned.append(PlannedCase(benchmark, where, case_name(workload, validated), case_values, estimate_s))
     return planned
 
 

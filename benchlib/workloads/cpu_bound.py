@@ -21,7 +21,7 @@ from typing import Callable, Iterator, Literal
 from pydantic import Field
 
 from ..device import Device
-from ..params import CommonParams
+from ..params import CommonParams, common_default
 from ..timer import measure
 from . import Metric, Workload
 from ._support import affinity_count, cpu_quota, cpu_throttling, point_metric
@@ -38,6 +38,10 @@ class CpuBoundParams(CommonParams):
     threads: int = Field(0, ge=0, le=4096)  # torch intra-op threads; 0 keeps torch's default
     n: int = Field(256, gt=0, le=16384)  # matmul size
     text_kib: int = Field(64, gt=0, le=1 << 20)  # tokenize: KiB of text per call
+    # this workload"s timing defaults (its notebook"s parameters cell is checked against the model)
+    max_samples: int = common_default("max_samples", 100)
+    max_time_s: float = common_default("max_time_s", 2.0)
+    target_rel_ci: float = common_default("target_rel_ci", 0.01)
 
 
 @contextmanager

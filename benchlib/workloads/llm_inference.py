@@ -23,7 +23,7 @@ from ..llm import SHAPES, BackendConfig, InputSpec, make_backend, run_scenario
 from ..llm.base import Kernels
 from ..llm.metrics import Ceilings, ScenarioInfo, scenario_metrics
 from ..llm.model import ModelShape, shape_from_hf_config
-from ..params import CommonParams
+from ..params import CommonParams, common_default
 from . import Metric, Workload
 
 MODES_BY_BACKEND = {"reference": ("graph", "eager"), "transformers": ("eager",),
@@ -48,6 +48,12 @@ class LlmParams(CommonParams):
     model_path: str | None = None  # tensorrt-llm: a Hugging Face checkpoint directory instead of random weights
     mem_bw_gbs: float | None = Field(None, gt=0)  # a measured bandwidth for the decode roofline
     peak_tflops: float | None = Field(None, gt=0)  # a stated peak for the prefill roofline
+    # this workload"s timing defaults (its notebook"s parameters cell is checked against the model)
+    warmup: int = common_default("warmup", 2)
+    min_samples: int = common_default("min_samples", 5)
+    max_samples: int = common_default("max_samples", 50)
+    max_time_s: float = common_default("max_time_s", 10.0)
+    target_rel_ci: float = common_default("target_rel_ci", 0.02)
 
     @field_validator("mode")
     @classmethod

@@ -28,9 +28,9 @@ DEFAULT_FREE_FRACTION = 0.9
 
 
 class MemcapParams(CommonParams):
-    chunk_mib: int = Field(256, gt=0, le=1 << 20)  # allocation granularity
+    chunk_mib: int = Field(64, gt=0, le=1 << 20)  # allocation granularity
     max_gib: float | None = Field(None, gt=0)  # device cap; None: 0.9 x torch.cuda.mem_get_info free
-    host_cap_mib: int = Field(256, gt=0, le=1 << 20)  # cap on the CPU path (no GPU)
+    host_cap_mib: int = Field(128, gt=0, le=1 << 20)  # cap on the CPU path (no GPU)
 
 
 def grow(allocate: Callable[[int], Any], chunk_bytes: int, cap_bytes: int) -> tuple[int, str]:

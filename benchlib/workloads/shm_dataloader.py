@@ -19,7 +19,7 @@ from typing import Literal
 from pydantic import Field
 
 from ..device import Device
-from ..params import CommonParams
+from ..params import CommonParams, common_default
 from ..timer import measure
 from . import Metric, Workload
 from ._support import per_call, shm_space
@@ -47,11 +47,15 @@ SHM_MAYBE: tuple[tuple[str, str], ...] = (
 class ShmDataloaderParams(CommonParams):
     device: Literal["cpu"] = "cpu"  # a CPU / shared-memory path
     num_workers: int = Field(2, ge=1, le=256)
-    batch_mib: int = Field(8, gt=0, le=64 * 1024)  # bytes of one batch, in MiB
+    batch_mib: int = Field(4, gt=0, le=64 * 1024)  # bytes of one batch, in MiB
     batch_size: int = Field(8, ge=1, le=4096)  # samples collated into one batch
-    batches: int = Field(16, ge=1, le=100_000)  # batches per epoch (one timed sample)
+    batches: int = Field(8, ge=1, le=100_000)  # batches per epoch (one timed sample)
     prefetch_factor: int = Field(2, ge=1, le=64)  # batches each worker keeps ready
     loader_timeout_s: float = Field(60.0, gt=0)  # a stalled worker fails the case after this
+    # this workload"s timing defaults (its notebook"s parameters cell is checked against the model)
+    max_samples: int = common_default("max_samples", 100)
+    max_time_s: float = common_default("max_time_s", 2.0)
+    target_rel_ci: float = common_default("target_rel_ci", 0.01)
 
 
 class ShmExhausted(RuntimeError):
