@@ -26,6 +26,11 @@ from .schema import RunContext
 from .telemetry import NvmlSampler
 from .workloads import Metric, Workload, get_workload
 
+__all__ = [
+    "BenchResult", "RUN_KEYS", "notebook_parameters", "run_benchmark", "summarise_invocation",
+    "write_invocation"
+]
+
 @dataclass
 class BenchResult:
     """What a notebook gets back: the tidy results, telemetry and fingerprint of this invocation."""

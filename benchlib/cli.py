@@ -10,6 +10,8 @@ from . import paths
 from .errors import BenchlibError
 
 
+__all__ = ["build_parser", "main"]
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from .runner import RunOptions, default_suite, describe, run_suite
 
@@ -104,7 +106,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_image_build(args: argparse.Namespace) -> int:
-    from .engines import build_image
+    from .arms import build_image
 
     build_args = dict(item.split("=", 1) for item in args.build_arg)
     build_image(tag=args.tag, base_image=args.base_image, build_args=build_args, engine=args.engine,
@@ -114,7 +116,7 @@ def _cmd_image_build(args: argparse.Namespace) -> int:
 
 
 def _cmd_image_export(args: argparse.Namespace) -> int:
-    from .oci import export_image
+    from .arms import export_image
 
     record = export_image(args.image, Path(args.dir), engine=args.engine, force=args.force,
                           log=lambda message: print(message, file=sys.stderr))

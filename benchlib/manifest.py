@@ -22,6 +22,8 @@ from typing import Any
 from . import _atomic, formats, redact
 from .errors import BenchlibError
 from .layout import MANIFEST_FILE, invocation_dir
+__all__ = ["COMPLETE", "FAILED", "INTERRUPTED", "PARTIAL", "PENDING", "RUNNING", "SCHEMA_VERSION", "Invocation", "Manifest"]
+
 SCHEMA_VERSION = formats.VERSIONS["manifest"]
 
 PENDING, RUNNING, COMPLETE, FAILED = "pending", "running", "complete", "failed"  # invocations (and runs)

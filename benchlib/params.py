@@ -28,6 +28,11 @@ from .errors import ParamsError
 from .schema import case_id
 from .timer import TimerConfig
 
+__all__ = [
+    "CommonParams", "case_name", "common_default", "error_sentence", "expand_cases", "key_name",
+    "read_yaml", "validate", "validated_cases"
+]
+
 if TYPE_CHECKING:
     from .workloads import Workload
 
@@ -168,8 +173,8 @@ def validate(model: type[BaseModel], values: Mapping[str, Any], source: str) -> 
 def case_name(workload: Workload, case: BaseModel | Mapping[str, Any], source: str = "the case") -> str:
     """The name of one case (``n=8192,dtype=bf16``): its case keys' values once validated, so a key
     left to its default is named by the model's default. The plan (benchlib.suites) and the notebook
-    (benchlib.bench) both name cases with this; the loaders join telemetry and fingerprints to results
-    by that name and check it (benchlib.results)."""
+    (benchlib.bench) both name cases with this, so the loaders (benchlib.results), which tag telemetry
+    and fingerprints with the manifest's case, join them to the results by the same name."""
     model = case if isinstance(case, BaseModel) else validate(workload.params_model, case, source)
     return case_id(model.model_dump(), workload.case_keys)
 

@@ -1,4 +1,5 @@
-"""Load a run: all its invocations' results, telemetry and fingerprints as DataFrames."""
+"""Load a run: its manifest, all its invocations' results, telemetry and fingerprints as DataFrames, and
+its summary; every file's format version is checked (benchlib.formats)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,10 +7,13 @@ from typing import Any
 
 import pandas as pd
 
-from . import formats, schema
-from .layout import ENV_FILE, RESULTS_FILE, SUMMARY_JSON, TELEMETRY_FILE
+from . import formats, paths, schema
+from .layout import ENV_FILE, MANIFEST_FILE, RESULTS_FILE, SUMMARY_JSON, TELEMETRY_FILE, find_runs
 from .errors import BenchlibError
 from .manifest import COMPLETE, Invocation, Manifest
+
+__all__ = ["default_run_dir", "load_envs", "load_manifest", "load_run", "load_summary", "load_telemetry",
+           "read_results"]
 
 
 def load_manifest(run_dir: str | Path) -> Manifest:
@@ -67,3 +71,27 @@ def load_summary(run_dir: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise BenchlibError(f"{run_dir} has no {SUMMARY_JSON}; build it with `benchlib report {run_dir}`.")
     return formats.read_json(path, "summary")
+
+
+def default_run_dir() -> Path:
+    """The bundled sample (``outputs/sample/``, or the latest run in it) if present, else the latest
+    run under ``outputs/``."""
+    outputs = paths.default_outputs()
+    sample = outputs / "sample"
+    if (sample / MANIFEST_FILE).is_file():
+        return sample
+    for folder in (sample, outputs):
+        runs = sorted(find_runs(folder), key=lambda p: p.stat().st_mtime)
+        if runs:
+            return runs[-1]
+    raise BenchlibError(f"no run under {outputs}: run `benchlib run` first, or pass run_dir.")
+
+
+def read_results(run_dir: Path, manifest: Manifest) -> tuple[pd.DataFrame, list[Invocation]]:
+    """Results of every complete invocation that has them, and the complete ones that do not."""
+    complete = [inv for inv in manifest.invocations if inv.status == COMPLETE]
+    missing = [inv for inv in complete if not (run_dir / inv.rel_dir / RESULTS_FILE).is_file()]
+    frames = [formats.read_parquet(run_dir / inv.rel_dir / RESULTS_FILE, "results") for inv in complete if inv not in missing]
+    frames = [frame for frame in frames if not frame.empty]
+    results = schema.conform(pd.concat(frames, ignore_index=True)) if frames else schema.empty_results()
+    return results, missing

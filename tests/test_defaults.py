@@ -15,7 +15,7 @@ import pytest
 
 from benchlib.bench import RUN_KEYS, run_benchmark
 from benchlib.params import case_name
-from benchlib.report import analyse
+from benchlib import analyse
 from benchlib.suites import expand_entry
 from benchlib.workloads import get_workload, registry
 from conftest import REPO
