@@ -1,5 +1,6 @@
 """Plotly figures (and HTML tables) of a run's analysis: one builder per figure, each returning a
-``go.Figure`` built from the tidy frames :mod:`benchlib.report` derives.
+``go.Figure`` built from the tidy frames :mod:`benchlib.analysis` derives, and the HTML the
+report's notebook cells show (:class:`Html`, :data:`CSS`).
 
 Every text that comes from a run (arm and case names, notes, environment values) passes through
 :func:`plain` before plotly sees it: plotly reads ``<b>``, ``<br>`` and entities in labels, so the
