@@ -5,6 +5,7 @@ command line starts without importing torch or pandas.
 
 - :func:`run_benchmark`, :func:`notebook_parameters` — what a benchmark notebook calls.
 - :func:`load_run`, :func:`load_telemetry`, :func:`load_envs`, :func:`load_manifest` — a run.
+- :func:`analyse` — a run compared arm by arm (:class:`Analysis`: tables, verdicts, figures).
 - :func:`measure`, :class:`TimerConfig`, :class:`Measurement` — the shared timer.
 - :class:`NvmlSampler` — background NVML telemetry.
 - :func:`capture_fingerprint` — the environment fingerprint.
@@ -17,6 +18,8 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
+    "Analysis": ("report", "Analysis"),
+    "analyse": ("report", "analyse"),
     "BenchResult": ("bench", "BenchResult"),
     "run_benchmark": ("bench", "run_benchmark"),
     "notebook_parameters": ("bench", "notebook_parameters"),

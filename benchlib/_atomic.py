@@ -54,8 +54,14 @@ def write_json(path: Path, obj: Any) -> Path:
     return write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 
 
-def write_parquet(path: Path, frame: pd.DataFrame) -> Path:
-    return _write_via_temp(path, lambda tmp: frame.to_parquet(tmp, index=False, engine="pyarrow"))
+def write_parquet(path: Path, frame: pd.DataFrame, metadata: dict[bytes, bytes] | None = None) -> Path:
+    """A DataFrame as parquet; ``metadata`` is added to the schema's (benchlib.formats: the version)."""
+    if not metadata:
+        return _write_via_temp(path, lambda tmp: frame.to_parquet(tmp, index=False, engine="pyarrow"))
+    import pyarrow as pa
+
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    return write_arrow_parquet(path, table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata}))
 
 
 def remove_temp_files(folder: Path) -> list[Path]:

@@ -12,7 +12,7 @@ starts and whatever the kernel starts. The runner keeps that tree from outliving
   poller), so no orphan goes on using the GPU or writing into the run directory;
 * every process of an invocation carries :data:`MARK` = its invocation folder in its environment, so
   a resumed run finds and kills what a killed runner left (:func:`kill_marked`). A container lives
-  outside this tree: the runner removes it with :func:`benchlib.engines.stop`.
+  outside this tree: the runner removes it with :func:`benchlib.arms.stop`.
 
 :func:`interrupt_on_signals` turns SIGINT and SIGTERM into :class:`Interrupted` (a
 ``KeyboardInterrupt``) once; a second signal while the run cleans up is ignored, so the cleanup ends.

@@ -17,16 +17,19 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from . import _atomic, ceilings, fingerprint, redact, schema
+from . import _atomic, ceilings, fingerprint, formats, redact, schema
+from .layout import ENV_FILE, RESULTS_FILE, TELEMETRY_FILE
 from .device import Device, ordinals_for, resolve_device
 from .errors import SkipCase
-from .params import CommonParams, expand_cases, validate
+from .params import CommonParams, case_name, expand_cases, validate
 from .schema import RunContext
 from .telemetry import NvmlSampler
 from .workloads import Metric, Workload, get_workload
 
-RESULTS_FILE, TELEMETRY_FILE, ENV_FILE = "results.parquet", "telemetry.parquet", "env.json"
-
+__all__ = [
+    "BenchResult", "RUN_KEYS", "notebook_parameters", "run_benchmark", "summarise_invocation",
+    "write_invocation"
+]
 
 @dataclass
 class BenchResult:
@@ -91,23 +94,23 @@ def notebook_parameters(benchmark: str, namespace: dict[str, Any]) -> dict[str, 
 
 
 def write_invocation(directory: Path, results: pd.DataFrame, telemetry: pd.DataFrame, env: dict) -> None:
-    """Write the three files atomically, secrets redacted; results last, so its presence means the set
-    is whole."""
-    _atomic.write_json(directory / ENV_FILE, fingerprint.redact(env))
+    """Write the three files atomically, secrets redacted, each with its format version
+    (:mod:`benchlib.formats`); results last, so its presence means the set is whole."""
+    _atomic.write_json(directory / ENV_FILE, formats.stamped("env", fingerprint.redact(env)))
     _atomic.write_parquet(directory / TELEMETRY_FILE,
-                          redact.redact_frame(schema.conform(telemetry, schema.TELEMETRY_COLUMNS)))
-    _atomic.write_parquet(directory / RESULTS_FILE, redact.redact_frame(schema.conform(results)))
+                          redact.redact_frame(schema.conform(telemetry, schema.TELEMETRY_COLUMNS)),
+                          formats.parquet_metadata("telemetry"))
+    _atomic.write_parquet(directory / RESULTS_FILE, redact.redact_frame(schema.conform(results)),
+                          formats.parquet_metadata("results"))
 
 
 def _run_case(workload: Workload, case: CommonParams, context: RunContext) -> pd.DataFrame:
-    values = case.model_dump()
-    case_name = schema.case_id(values, workload.case_keys)
     base = {
         "run_id": context.run_id,
         "arm": context.arm,
         "benchmark": workload.name,
-        "case": case_name,
-        "params": schema.params_json(values),
+        "case": case_name(workload, case),
+        "params": schema.params_json(case.model_dump()),
         "invocation": context.invocation,
     }
     device: Device | None = None

@@ -10,6 +10,8 @@ from . import paths
 from .errors import BenchlibError
 
 
+__all__ = ["build_parser", "main"]
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from .runner import RunOptions, default_suite, describe, run_suite
 
@@ -38,7 +40,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _resolve_resume(value: str, out_dir: Path) -> Path:
     if value != "latest":
         return Path(value)
-    runs = sorted(path.parent for path in out_dir.glob("*/manifest.json"))
+    from .layout import find_runs
+
+    runs = find_runs(out_dir)
     if not runs:
         raise BenchlibError(f"--resume: no run to resume under {out_dir}.")
     return runs[-1]
@@ -129,7 +133,7 @@ def _cmd_collect(args: argparse.Namespace) -> int:
 
 
 def _cmd_image_build(args: argparse.Namespace) -> int:
-    from .engines import build_image
+    from .arms import build_image
 
     build_args = dict(item.split("=", 1) for item in args.build_arg)
     build_image(tag=args.tag, base_image=args.base_image, build_args=build_args, engine=args.engine,
@@ -139,7 +143,7 @@ def _cmd_image_build(args: argparse.Namespace) -> int:
 
 
 def _cmd_image_export(args: argparse.Namespace) -> int:
-    from .oci import export_image
+    from .arms import export_image
 
     record = export_image(args.image, Path(args.dir), engine=args.engine, force=args.force,
                           log=lambda message: print(message, file=sys.stderr))

@@ -18,6 +18,12 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import pandas as pd
 
+__all__ = [
+    "ABSENT", "ARM_IDENTITY", "DIFF_COLUMNS_HEAD", "DIFF_COLUMNS_TAIL", "IGNORED", "MECHANISMS",
+    "Mechanism", "arm_counts", "between", "env_diff", "flatten", "is_ignored", "likely_causes",
+    "mechanism_of"
+]
+
 #: Shown for a key that one arm's fingerprints lack.
 ABSENT = "(absent)"
 

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 
+__all__ = ["BenchlibError", "ParamsError", "PreflightError", "SkipCase"]
+
 class BenchlibError(Exception):
     """A problem the user can fix; the CLI prints its message alone and exits non-zero."""
 

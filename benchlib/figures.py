@@ -1,5 +1,6 @@
 """Plotly figures (and HTML tables) of a run's analysis: one builder per figure, each returning a
-``go.Figure`` built from the tidy frames :mod:`benchlib.report` derives.
+``go.Figure`` built from the tidy frames :mod:`benchlib.analysis` derives, and the HTML the
+report's notebook cells show (:class:`Html`, :data:`CSS`).
 
 Every text that comes from a run (arm and case names, notes, environment values) passes through
 :func:`plain` before plotly sees it: plotly reads ``<b>``, ``<br>`` and entities in labels, so the
@@ -10,6 +11,7 @@ from __future__ import annotations
 import html
 import math
 import re
+from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
 import numpy as np
@@ -19,6 +21,13 @@ from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
 from .stats import overhead_from_ratio
+
+__all__ = [
+    "BANDS", "CONFIG", "CSS", "EFFECT_STYLE", "Html", "MAX_POINTS", "PALETTE", "TELEMETRY_SERIES",
+    "TEMPLATE", "VERDICT_STYLE", "arm_colours", "case_label", "ceilings", "decomposition", "distributions",
+    "energy", "forest", "format_value", "html_table", "message", "plain", "telemetry", "time_scale",
+    "to_html", "wrapped"
+]
 
 TEMPLATE = "plotly_white"
 PALETTE = qualitative.Plotly
@@ -40,6 +49,34 @@ BANDS: tuple[tuple[float, float | None, str, str], ...] = (
 )
 TELEMETRY_SERIES = (("sm_clock_mhz", "SM clock (MHz)"), ("power_w", "power (W)"), ("temperature_c", "temperature (°C)"))
 CONFIG = {"displaylogo": False, "responsive": True}
+CSS = """
+table.benchlib-facts th, table.benchlib-facts td,
+.jp-RenderedHTMLCommon table.benchlib-facts th, .jp-RenderedHTMLCommon table.benchlib-facts td {
+  text-align: left; padding: 2px 14px 2px 0; border: none; background: none; }
+div.benchlib-problems { border-left: 4px solid #d62728; background: #fdf1f1; padding: 8px 14px; margin: 10px 0; }
+div.benchlib-verdict { border-left: 4px solid #1f77b4; background: #f2f7fc; padding: 8px 14px; margin: 8px 0;
+  font-size: 1.05em; line-height: 1.5; }
+div.benchlib-scroll { overflow-x: auto; max-width: 100%; }
+table.benchlib-table { border-collapse: collapse; font-size: 0.92em; margin: 6px 0; }
+table.benchlib-table th, table.benchlib-table td,
+.jp-RenderedHTMLCommon table.benchlib-table th, .jp-RenderedHTMLCommon table.benchlib-table td {
+  border: 1px solid #ddd; padding: 3px 8px; text-align: left; vertical-align: top; overflow-wrap: break-word; }
+table.benchlib-table td:first-child { overflow-wrap: anywhere; min-width: 12em; max-width: 24em; }
+table.benchlib-table th, .jp-RenderedHTMLCommon table.benchlib-table th { background: #f4f4f4; }
+p.benchlib-note { color: #555; }
+"""
+
+
+@dataclass(frozen=True)
+class Html:
+    """HTML a notebook cell shows as such."""
+
+    text: str
+
+    def _repr_html_(self) -> str:
+        return self.text
+
+
 
 
 # --------------------------------------------------------------------------- text and helpers

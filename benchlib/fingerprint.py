@@ -33,7 +33,7 @@ from .telemetry import NvmlUnavailable, decode_clock_event_reasons, nvml_session
 ENV_PREFIXES = ("CUDA_", "NVIDIA_", "TORCH_", "NCCL_", "NVSHMEM_", "OMP_", "PYTORCH_", "MKL_", "BENCHLIB_", "TRITON_")
 ENGINES = ("docker", "podman", "apptainer", "enroot", "containerd", "kubernetes", "runc")
 IMAGE_IDENTITY = Path("/etc/benchlib/image.json")
-#: What the runner sets in every arm (benchlib.engines), by fingerprint key.
+#: What the runner sets in every arm (the launchers in benchlib.arms), by fingerprint key.
 #: Packages whose version can change a workload's speed (an image pins its own).
 PERF_PACKAGES = ("triton", "transformers", "safetensors", "tensorrt_llm", "flash_attn", "pandas",
                  "pyarrow", "scipy", "mkl", "intel-openmp", "nvidia-cublas-cu12", "nvidia-cublas",

@@ -19,12 +19,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import _atomic, redact
+from . import _atomic, formats, redact
 from .errors import BenchlibError
+from .layout import MANIFEST_FILE, SHARDS_DIR, invocation_dir
+__all__ = ["COMPLETE", "FAILED", "INTERRUPTED", "PARTIAL", "PENDING", "RUNNING", "SCHEMA_VERSION", "Invocation", "Manifest"]
 
-MANIFEST_FILE = "manifest.json"
-SHARDS_DIR = "nodes"  # a run on a cluster: <run>/nodes/<node>-gpu<k>/ holds each shard (benchlib.cluster.layout)
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = formats.VERSIONS["manifest"]
 
 PENDING, RUNNING, COMPLETE, FAILED = "pending", "running", "complete", "failed"  # invocations (and runs)
 PARTIAL, INTERRUPTED = "partial", "interrupted"  # runs only
@@ -51,7 +51,7 @@ class Invocation:
 
     @property
     def rel_dir(self) -> str:
-        inside = f"{self.arm}/{self.benchmark}/{self.case}/inv-{self.invocation}"
+        inside = invocation_dir(self.arm, self.benchmark, self.case, self.invocation)
         return f"{SHARDS_DIR}/{self.shard}/{inside}" if self.shard else inside
 
     @property
@@ -111,5 +111,6 @@ class Manifest:
             data = json.loads(path.read_text())
         except json.JSONDecodeError as exc:
             raise BenchlibError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}).") from None
+        formats.check("manifest", data.get(formats.VERSION_KEY), path)
         data["invocations"] = [Invocation(**item) for item in data.get("invocations", [])]
         return cls(**data)

@@ -18,13 +18,23 @@ import itertools
 import types
 import typing
 from pathlib import Path
-from typing import Any, ClassVar, Iterable, Literal, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Literal, Mapping, Sequence
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic.fields import FieldInfo
 
 from .errors import ParamsError
+from .schema import case_id
 from .timer import TimerConfig
+
+__all__ = [
+    "CommonParams", "case_name", "common_default", "error_sentence", "expand_cases", "key_name",
+    "read_yaml", "validate", "validated_cases"
+]
+
+if TYPE_CHECKING:
+    from .workloads import Workload
 
 
 #: What ``settings`` may say: ``user`` leaves math modes, thread pools and allocator settings to the
@@ -82,6 +92,17 @@ class CommonParams(BaseModel):
             flush_l2=self.flush_l2,
             back_to_back=back_to_back,
         )
+
+
+def common_default(name: str, value: Any) -> Any:
+    """:class:`CommonParams`' field ``name`` with a workload's own default, its constraints kept.
+
+    A workload whose measurements want another budget than the common one (a shorter ``max_time_s``
+    for a latency loop) declares it in its model, the one source of defaults: its notebook's
+    parameters cell is checked against the model (tests/test_notebooks.py), so a params file that
+    leaves a key out means the same thing to the plan, the notebook and a direct call.
+    """
+    return FieldInfo.merge_field_infos(CommonParams.model_fields[name], default=value)
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -172,6 +193,15 @@ def validate(model: type[BaseModel], values: Mapping[str, Any], source: str) -> 
         return model.model_validate(dict(values))
     except ValidationError as exc:
         raise ParamsError(error_sentence(source, exc, model)) from None
+
+
+def case_name(workload: Workload, case: BaseModel | Mapping[str, Any], source: str = "the case") -> str:
+    """The name of one case (``n=8192,dtype=bf16``): its case keys' values once validated, so a key
+    left to its default is named by the model's default. The plan (benchlib.suites) and the notebook
+    (benchlib.bench) both name cases with this, so the loaders (benchlib.results), which tag telemetry
+    and fingerprints with the manifest's case, join them to the results by the same name."""
+    model = case if isinstance(case, BaseModel) else validate(workload.params_model, case, source)
+    return case_id(model.model_dump(), workload.case_keys)
 
 
 def error_sentence(source: str, exc: ValidationError, model: type[BaseModel], prefix: Sequence[Any] = ()) -> str:

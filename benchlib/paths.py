@@ -5,6 +5,8 @@ import os
 from pathlib import Path
 
 
+__all__ = ["default_outputs", "notebook_for", "notebooks_dir", "params_dir", "repo_root", "suites_dir"]
+
 def repo_root() -> Path:
     """The checkout this package runs from (``BENCHLIB_REPO`` overrides, e.g. for an installed copy)."""
     override = os.environ.get("BENCHLIB_REPO")

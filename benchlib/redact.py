@@ -39,6 +39,11 @@ import pandas as pd
 
 from . import _atomic
 
+__all__ = [
+    "MIN_SECRET_CHARS", "REDACTED", "REDACTED_HTML", "add_secrets_from", "redact", "redact_file",
+    "redact_frame", "redact_obj", "redact_text", "redact_tree", "secret_name", "secret_values"
+]
+
 REDACTED = "<redacted>"
 REDACTED_HTML = html.escape(REDACTED)
 #: Values shorter than this are never scrubbed by value (they would match everywhere).

@@ -1,7 +1,7 @@
 """The runner: a suite becomes a plan of invocations, each one fresh papermill execution, interleaved.
 
 Every invocation runs ``python -m papermill notebooks/<bench>.ipynb .../executed.ipynb -f
-.../params.yaml -k python3`` launched through its arm (:mod:`benchlib.engines`): natively on the
+.../params.yaml -k python3`` launched through its arm's launcher (:mod:`benchlib.arms`): natively on the
 host, or inside a container with the repository mounted read-only and the run directory writable.
 Arms are preflighted before anything is written; then the run takes this host's GPUs (one run
 per GPU, :mod:`benchlib.gpulock`) for as long as it runs. The manifest is rewritten after every
@@ -13,7 +13,7 @@ Faults. A failed invocation (the kernel died, the suite's ``timeout_s`` ran out,
 inside the notebook, e.g. out of memory) is recorded as ``failed`` with its reason in the
 manifest's ``error`` and the suite goes on; :func:`describe` lists the failures and the CLI exits 1.
 SIGINT (Ctrl-C) and SIGTERM stop the run cleanly: the running invocation's processes are killed
-and its container removed (:mod:`benchlib._process`, :func:`benchlib.engines.stop`), the invocation
+and its container removed (:mod:`benchlib._process`, :func:`benchlib.arms.stop`), the invocation
 goes back to ``pending`` with a note, and the manifest says ``interrupted``.
 
 Resume. ``--resume`` runs again every invocation that is not ``complete`` (failed ones included),
@@ -41,17 +41,17 @@ import pandas as pd
 import yaml
 from tqdm.auto import tqdm
 
-from . import __version__, _atomic, _process, engines, gpulock, paths, redact, schema
-from .arms import Arm, arm_from_spec, raised_privileges, select_arms
-from .bench import ENV_FILE, RESULTS_FILE, TELEMETRY_FILE
+from . import __version__, _atomic, _process, gpulock, layout, paths, redact, schema
+from .arms import (Arm, LaunchSpec, arm_from_spec, launch_argv, launcher_for, prepare_run_dir, preflight,
+                   select_arms, stop)
 from .device import host_gpu_count, host_gpu_names
 from .errors import BenchlibError, ParamsError, PreflightError
 from .manifest import COMPLETE, FAILED, INTERRUPTED, PARTIAL, PENDING, RUNNING, Invocation, Manifest
+from .layout import CHECKSUMMED, EXECUTED_NOTEBOOK, LOG_FILE, PARAMS_FILE, RESULTS_FILE
 from .suites import Suite, load_suite, plan
 
-EXECUTED_NOTEBOOK, PARAMS_FILE, LOG_FILE = "executed.ipynb", "params.yaml", "papermill.log"
-CHECKSUMMED = (EXECUTED_NOTEBOOK, RESULTS_FILE, TELEMETRY_FILE, ENV_FILE, PARAMS_FILE)
 
+__all__ = ["RunOptions", "RunOutcome", "default_suite", "describe", "run_suite"]
 
 @dataclass
 class RunOptions:
@@ -99,7 +99,7 @@ def _start(options: RunOptions, log) -> RunOutcome:
     invocations = plan(suite, [arm for arm, _ in ready], options.invocations or suite.invocations)
     host, commit = _host_facts(has_gpu), _git_commit()
     with _device_lock(options, f"suite {suite.name} (starting)", log) as lock:
-        run_dir = _new_run_dir(out_dir, suite.name)
+        run_dir = layout.new_run_dir(out_dir, suite.name)
         lock.name_run(run_dir.name)
         with _process.hold_exclusively(run_dir, "run directory"):
             manifest = Manifest(
@@ -166,7 +166,7 @@ def _clear_leftovers(run_dir: Path, manifest: Manifest, arms_by_name: dict[str, 
     for invocation in manifest.invocations:
         arm = arms_by_name.get(invocation.arm)
         if invocation.status == RUNNING and arm is not None:
-            engines.stop(arm, _launch_spec(run_dir, invocation, arm, {}))
+            stop(arm, _launch_spec(run_dir, invocation, arm, {}))
     removed = _atomic.remove_temp_files(run_dir)
     if killed or removed:
         log(f"cleared what the interrupted run left: {killed} processes killed, {len(removed)} temporary files removed")
@@ -204,10 +204,10 @@ def _unredacted(spec: dict) -> dict:
 def _preflight_all(arms: list[Arm], out_dir: Path, has_gpu: bool, skip_unavailable: bool, log):
     ready, skipped = [], []
     for arm in arms:
-        for warning in raised_privileges(arm.run_flags, arm.kind):
+        for warning in launcher_for(arm).raised_privileges(arm.run_flags):
             log(f"warning: arm {arm.name} runs with raised privileges, as its flags ask: {warning}")
         try:
-            ready.append((arm, engines.preflight(arm, paths.repo_root(), out_dir, has_gpu)))
+            ready.append((arm, preflight(arm, paths.repo_root(), out_dir, has_gpu)))
         except PreflightError as exc:
             if not skip_unavailable:
                 raise
@@ -252,14 +252,13 @@ def _execute(run_dir: Path, manifest: Manifest, suite: Suite, arms: list[Arm], o
     return RunOutcome(run_dir, manifest)
 
 
-def _launch_spec(run_dir: Path, invocation: Invocation, arm: Arm, arm_env: dict[str, str]) -> engines.LaunchSpec:
+def _launch_spec(run_dir: Path, invocation: Invocation, arm: Arm, arm_env: dict[str, str]) -> LaunchSpec:
     """The papermill command of one invocation (its container name derives from its folder)."""
     inv_dir = run_dir / invocation.rel_dir
-    python = sys.executable if arm.kind in ("native", "isolated") else "python3"
-    argv = [python, "-m", "papermill", str(paths.notebook_for(invocation.benchmark)),
+    argv = [launcher_for(arm).python(arm), "-m", "papermill", str(paths.notebook_for(invocation.benchmark)),
             str(inv_dir / EXECUTED_NOTEBOOK), "-f", str(inv_dir / PARAMS_FILE), "-k", "python3",
             "--cwd", str(inv_dir), "--no-progress-bar", "--log-output"]
-    return engines.LaunchSpec(argv=argv, repo_dir=paths.repo_root(), run_dir=run_dir, workdir=inv_dir, env=arm_env)
+    return LaunchSpec(argv=argv, repo_dir=paths.repo_root(), run_dir=run_dir, workdir=inv_dir, env=arm_env)
 
 
 def _run_one(run_dir: Path, manifest: Manifest, invocation: Invocation, arm: Arm, arm_env: dict[str, str],
@@ -273,15 +272,15 @@ def _run_one(run_dir: Path, manifest: Manifest, invocation: Invocation, arm: Arm
         params = {**invocation.params, "output_dir": str(inv_dir), "run_id": manifest.run_id,
                   "arm": arm.name, "invocation": invocation.invocation}
         _atomic.write_text(inv_dir / PARAMS_FILE, yaml.safe_dump(params, sort_keys=False))
-        engines.prepare_run_dir(run_dir, arm)  # the container's UID must be able to write here
-        command = engines.launch_argv(arm, spec, host_gpu_count() > 0)
+        prepare_run_dir(run_dir, arm)  # the container's UID must be able to write here
+        command = launch_argv(arm, spec, host_gpu_count() > 0)
 
         invocation.status, invocation.started_at, invocation.error = RUNNING, _now(), None
         manifest.save(run_dir)
         began = time.perf_counter()
         error = _launch(command, _child_env(arm, spec), inv_dir / LOG_FILE, timeout_s)
         if error and error.startswith("timed out"):
-            engines.stop(arm, spec)  # killing the engine's client leaves its container running
+            stop(arm, spec)  # killing the engine's client leaves its container running
         invocation.duration_s = round(time.perf_counter() - began, 3)
         invocation.ended_at = _now()
         redact.redact_tree(inv_dir)  # papermill's notebook and log hold whatever the kernel printed
@@ -293,7 +292,7 @@ def _run_one(run_dir: Path, manifest: Manifest, invocation: Invocation, arm: Arm
                             if (inv_dir / name).is_file()}
         manifest.save(run_dir)
     except BaseException as exc:  # stopped half-way: nothing of this attempt is kept
-        engines.stop(arm, spec)
+        stop(arm, spec)
         shutil.rmtree(inv_dir, ignore_errors=True)
         invocation.status, invocation.error, invocation.files = PENDING, None, {}
         invocation.notes.append(f"{_now()} {_stopped_by(exc)}; discarded, runs again on --resume")
@@ -301,12 +300,11 @@ def _run_one(run_dir: Path, manifest: Manifest, invocation: Invocation, arm: Arm
         raise
 
 
-def _child_env(arm: Arm, spec: engines.LaunchSpec) -> dict[str, str]:
-    """A native invocation inherits this process's environment; other arms get only spec.env, passed by
-    their engine, so the host's environment stays out of them. Every launcher carries the invocation
+def _child_env(arm: Arm, spec: LaunchSpec) -> dict[str, str]:
+    """The launcher's environment (a native invocation inherits this process's; other arms get only
+    spec.env, passed by their engine, so the host's environment stays out of them) with the invocation
     mark, so that a resumed run can find the processes a killed one left (_process.kill_marked)."""
-    env = {**os.environ, **spec.env} if arm.kind == "native" else dict(os.environ)
-    return {**env, _process.MARK: str(spec.workdir)}
+    return {**launcher_for(arm).child_env(arm, spec), _process.MARK: str(spec.workdir)}
 
 
 def _results_error(inv_dir: Path) -> str | None:
@@ -338,13 +336,13 @@ def _arm_env(arm: Arm) -> dict[str, str]:
         "BENCHLIB_ARM_KIND": arm.kind,
         "BENCHLIB_ENGINE": arm.engine,
         "BENCHLIB_RUN_FLAGS": json.dumps(list(arm.run_flags)),
-        "PYTHONPATH": engines.python_path(arm, paths.repo_root()),
+        "PYTHONPATH": launcher_for(arm).python_path(arm, paths.repo_root()),
         "PYTHONUNBUFFERED": "1",
         "BENCHLIB_REPO": str(paths.repo_root()),
     }
     if arm.image:
         env["BENCHLIB_IMAGE"] = arm.image
-        digest = engines.image_digest(arm.engine, arm.image)
+        digest = launcher_for(arm).image_identity(arm.image)
         if digest:
             env["BENCHLIB_IMAGE_DIGEST"] = digest
     env.update(arm.env)
@@ -380,15 +378,6 @@ def _error_line(log_path: Path) -> str:
             if marker in line:
                 return line[:400]
     return lines[-1][:400] if lines else f"no output; see {log_path}"
-
-
-def _new_run_dir(out_dir: Path, suite_name: str) -> Path:
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    candidate, n = out_dir / f"{stamp}-{suite_name}", 2
-    while candidate.exists():
-        candidate, n = out_dir / f"{stamp}-{suite_name}-{n}", n + 1
-    candidate.mkdir(parents=True)
-    return candidate
 
 
 def _host_facts(has_gpu: bool) -> dict[str, object]:

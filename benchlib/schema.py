@@ -16,6 +16,12 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 import pandas as pd
 
+__all__ = [
+    "INVOCATION_KEYS", "RESULT_COLUMNS", "RunContext", "STATUS_FAILED", "STATUS_OK", "STATUS_SKIPPED",
+    "TELEMETRY_COLUMNS", "case_id", "conform", "empty_results", "empty_telemetry", "params_json",
+    "with_rates"
+]
+
 #: column -> pandas dtype. Order is the on-disk order.
 RESULT_COLUMNS: dict[str, str] = {
     "run_id": "string",

@@ -1,5 +1,5 @@
 """Statistics on the tidy results table (docs/architecture.md, "Statistics"): summaries, arm-vs-baseline
-comparisons with verdicts, and throttle awareness. Pure functions of DataFrames; every random
+comparisons with verdicts (their sentences come from benchlib.wording), and throttle awareness. Pure functions of DataFrames; every random
 draw comes from a seeded ``numpy.random.Generator``.
 
 Invocations, not samples, are the independent unit: samples within one invocation share its
@@ -52,6 +52,14 @@ from scipy import special, stats
 
 from .schema import INVOCATION_KEYS, STATUS_OK
 
+__all__ = [
+    "ALPHA", "ARM_KEYS", "BENIGN_CLOCK_EVENT_REASONS", "CASE_KEYS", "COMPARE_COLUMNS", "CONFIDENCE",
+    "DECOMPOSE_COLUMNS", "EFFECTS", "HOLM_FAMILY", "INVOCATION_ID", "MIN_INVOCATIONS", "PERCENTILES",
+    "ROLES", "SUMMARY_COLUMNS", "compare", "compare_with_without_throttled", "decompose",
+    "hierarchical_bootstrap", "holm", "mark_throttled", "overhead_from_ratio", "required_invocations",
+    "summarise", "throttle_summary", "tost_welch"
+]
+
 CASE_KEYS = ["benchmark", "case", "metric"]
 ARM_KEYS = [*CASE_KEYS, "arm"]
 INVOCATION_ID = ["run_id", "invocation"]
@@ -64,15 +72,6 @@ MIN_INVOCATIONS = 3
 #: clock-event reasons that do not mean the GPU was held back.
 BENIGN_CLOCK_EVENT_REASONS = frozenset({"", "gpu_idle", "applications_clocks_setting"})
 
-#: (upper bound of overhead, band) for the seed's verdict bands; overhead as a fraction.
-BANDS: tuple[tuple[float, str], ...] = (
-    (0.10, "under 10 %: the container is not the problem — look at drivers, thermals, power, configuration"),
-    (0.20, "10-20 %: between the seed's bands"),
-    (0.40, "20-40 %: a normal container cost"),
-    (0.50, "40-50 %: between the seed's bands"),
-    (np.inf, "over 50 %: the container is the problem"),
-)
-FASTER_BAND = "faster than the baseline: look for a configuration difference"
 
 COMPARE_COLUMNS = [
     "benchmark", "case", "metric", "unit", "arm", "baseline", "n_inv_arm", "n_inv_base",
@@ -347,32 +346,27 @@ def _compare_one(
         }
 
 
-def _band(overhead: float) -> str:
-    if overhead < 0:
-        return FASTER_BAND
-    return next(text for bound, text in BANDS if overhead < bound)
 
 
 def _verdict(row: Any, margin: float) -> tuple[str, str, str | None]:
-    """(verdict_code, verdict, band) of one compare row (a namedtuple); rules in the module docstring."""
+    """(verdict_code, verdict, band) of one compare row (a namedtuple); rules in the module docstring,
+    words in benchlib.wording."""
+    from . import wording
+
+    more, ends = 0, (np.nan, np.nan)
     if min(row.n_inv_arm, row.n_inv_base) < MIN_INVOCATIONS:
-        return ("too_few", f"too few invocations for a confidence interval ({row.n_inv_base} {row.baseline}, "
-                f"{row.n_inv_arm} {row.arm}; need ≥ {MIN_INVOCATIONS} each)", None)
-    if not np.isfinite(row.ratio):
-        return ("undefined", f"no ratio: the baseline's median is {row.median_base:g} and {row.arm}'s "
-                f"{row.median_arm:g}; compare the values directly", None)
-    if row.p_tost_holm < ALPHA:
-        return "equivalent", f"no overhead beyond {margin * 100:g} %", None
-    if row.ci_low > 1 or row.ci_high < 1:
-        ends = overhead_from_ratio([row.ci_low, row.ci_high], row.higher)
-        low, high = 100 * np.sort(ends)
-        if row.overhead < 0:
-            return "overhead", f"faster by {-100 * row.overhead:.1f} % [{-high:.1f} %, {-low:.1f} %]", FASTER_BAND
-        return "overhead", f"overhead {100 * row.overhead:.1f} % [{low:.1f} %, {high:.1f} %]", _band(row.overhead)
-    more = required_invocations(row.sd_arm, row.sd_base, np.log(row.ratio), margin,
-                                min(row.n_inv_arm, row.n_inv_base))
-    # the data in hand did not settle it, so at least one more is needed whatever the approximation says
-    return "inconclusive", f"inconclusive: about {max(more, 1)} more invocations needed in each arm", None
+        code = "too_few"
+    elif not np.isfinite(row.ratio):
+        code = "undefined"
+    elif row.p_tost_holm < ALPHA:
+        code = "equivalent"
+    elif row.ci_low > 1 or row.ci_high < 1:
+        code, ends = "overhead", tuple(overhead_from_ratio([row.ci_low, row.ci_high], row.higher))
+    else:
+        code = "inconclusive"
+        more = required_invocations(row.sd_arm, row.sd_base, np.log(row.ratio), margin,
+                                    min(row.n_inv_arm, row.n_inv_base))
+    return (code, *wording.verdict(code, row, margin, MIN_INVOCATIONS, more, ends))
 
 
 def _comparisons(results: pd.DataFrame, baseline: str) -> pd.DataFrame:
@@ -507,65 +501,12 @@ def _effect_row(effect: str, stat: dict[str, float], boot: dict[str, np.ndarray]
     }
 
 
-def _percent(value: float) -> str:
-    return f"{100 * value:+.1f} %"
 
 
-def _alone(name: str, row: dict[str, Any]) -> str:
-    """``the isolation costs +3.1 %`` / ``... is faster by 2.0 %`` / ``no clear isolation effect``."""
-    subject = {"isolation": "the isolation", "stack": "the image's software stack", "total": "the container"}[name]
-    if not row["ci_excludes_one"]:
-        return f"no clear effect of {subject} ({_percent(row['overhead'])}, CI includes 0)"
-    if row["overhead"] < 0:
-        return f"{subject} is faster by {-100 * row['overhead']:.1f} %"
-    return f"{subject} costs {_percent(row['overhead'])}"
 
 
-def _explained(effects: dict[str, dict[str, Any]]) -> str:
-    """What explains a clear total: the part with the largest share of log(1 + total overhead)."""
-    total = effects["total"]
-    what = "overhead" if total["overhead"] > 0 else "speed-up"
-    whole = np.log1p(total["overhead"])
-    parts = {name: np.log1p(effects[name]["overhead"]) for name in ("isolation", "stack", "interaction") if name in effects}
-    if not parts:
-        return _alone("total", total) + " (no isolated or rootfs arm to split it)"
-    name = max(parts, key=lambda part: parts[part] / whole)
-    row, most = effects[name], parts[name] / whole >= 0.5 and effects[name]["ci_excludes_one"]
-    of_total = f"({_percent(row['overhead'])} of {_percent(total['overhead'])})"
-    if "interaction" not in effects:
-        if most:
-            return f"the {name} explains most of the container's {what} {of_total}"
-        other = "the isolation" if name == "stack" else "the stack"
-        return f"the {name} explains little of the container's {what} {of_total}: the rest comes with {other}"
-    if most and name == "interaction":
-        text = (f"neither effect alone explains the container's {what} ({_percent(total['overhead'])}): "
-                "most of it appears only when the isolation and the stack combine")
-    elif most:
-        text = f"the {name} explains most of the container's {what} {of_total}"
-    else:
-        text = (f"the isolation ({_percent(effects['isolation']['overhead'])}) and the stack "
-                f"({_percent(effects['stack']['overhead'])}) both contribute to the container's {what} "
-                f"({_percent(total['overhead'])})")
-    inter = effects["interaction"]
-    if not inter["ci_excludes_one"]:
-        return text + "; no clear interaction: the two effects simply multiply"
-    if name != "interaction" or not most:
-        more = "more" if inter["overhead"] > 0 else "less"
-        text += f"; together they cost {more} than the product of the two ({_percent(inter['overhead'])})"
-    return text
 
 
-def _reading(effects: dict[str, dict[str, Any]]) -> str:
-    """One plain-words sentence on a case's effects (rules in ``decompose``'s docstring)."""
-    if any(not np.isfinite(row["ci_low"]) for row in effects.values()):
-        return f"too few invocations for confidence intervals (need ≥ {MIN_INVOCATIONS} in each arm)"
-    alone = [_alone(name, effects[name]) for name in ("isolation", "stack") if name in effects]
-    if "total" not in effects:
-        return "; ".join(alone)
-    if effects["total"]["ci_excludes_one"]:
-        return _explained(effects)
-    return "no clear overall effect of the container (CI includes 0)" + "".join(f"; {text}" for text in alone
-                                                                              if not text.startswith("no clear"))
 
 
 def decompose(
@@ -596,6 +537,8 @@ def decompose(
     words which part explains the total: the one with the largest share of log(1 + total overhead),
     called "most" when that share is ≥ 1/2 and its CI excludes 1; no reading without CIs.
     """
+    from . import wording
+
     roles = {role: arm for role, arm in zip(ROLES, (native, isolated, rootfs, container)) if arm is not None}
     ok = _ok_samples(results[results["arm"].isin(list(roles.values()))])
     if ok.empty or not ok["arm"].eq(native).any():
@@ -615,7 +558,7 @@ def decompose(
         with np.errstate(divide="ignore", invalid="ignore"):
             effects = {effect: _effect_row(effect, stat, boot, counts, higher)
                        for effect, (over, under) in EFFECTS.items() if set(over + under) <= set(of_role)}
-        reading = _reading(effects) if effects else ""
+        reading = wording.decomposition_reading(effects, MIN_INVOCATIONS) if effects else ""
         rows += [{"benchmark": b, "case": c, "metric": m, "unit": unit, **row,
                   "formula": _formula(row["effect"], roles), "reading": reading} for row in effects.values()]
     return pd.DataFrame(rows, columns=DECOMPOSE_COLUMNS)

@@ -22,13 +22,14 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from . import oci, paths
-from .arms import Arm, arm_from_spec
+from . import paths
+from .arms import Arm, arm_from_spec, launcher_for
 from .errors import ParamsError, PreflightError
 from .manifest import Invocation
-from .params import error_sentence, key_name, read_yaml, validated_cases
-from .schema import case_id
+from .params import case_name, error_sentence, key_name, read_yaml, validated_cases
 from .workloads import get_workload, registry
+
+__all__ = ["PlannedCase", "Suite", "expand_entry", "load_suite", "params_path", "plan", "suite_names"]
 
 _STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
@@ -120,12 +121,11 @@ def _arms(specs: list[Any], source: str) -> list[Arm]:
     arms: list[Arm] = []
     for index, spec in enumerate(specs):
         arm = arm_from_spec(spec, source, loc=("arms", index))
-        if arm.kind in ("isolated", "rootfs"):
-            try:
-                oci.parse_run_flags(arm)  # pure parsing; what the arm's preflight would refuse later
-            except PreflightError as exc:
-                reason = str(exc).removeprefix(f"arm {arm.name!r}: ")
-                raise ParamsError(f"{source}: key {key_name(('arms', index, 'flags'))!r} is not valid: {reason}") from None
+        try:
+            launcher_for(arm).check(arm)  # pure parsing; what the arm's preflight would refuse later
+        except PreflightError as exc:
+            reason = str(exc).removeprefix(f"arm {arm.name!r}: ")
+            raise ParamsError(f"{source}: key {key_name(('arms', index, 'flags'))!r} is not valid: {reason}") from None
         if any(arm.name == other.name for other in arms):
             raise ParamsError(f"{source}: key {key_name(('arms', index))!r} repeats arm name {arm.name!r}; "
                               "arm names must be unique.")
@@ -163,10 +163,7 @@ def expand_entry(benchmark: str, params: str, source: str, estimate_s: float | N
     values = read_yaml(path)
     planned = []
     for case_values, validated in validated_cases(workload.params_model, values, workload.case_keys, where):
-        # The case is named from the validated values, exactly as bench.py names its results,
-        # so a case key left to its default still gets the same name in the plan and the data.
-        name = case_id(validated.model_dump(), workload.case_keys)
-        planned.append(PlannedCase(benchmark, where, name, case_values, estimate_s))
+        planned.append(PlannedCase(benchmark, where, case_name(workload, validated), case_values, estimate_s))
     return planned
 
 

@@ -36,6 +36,11 @@ import numpy as np
 
 from .errors import ParamsError
 
+__all__ = [
+    "BATCH_SECONDS", "L2_FLUSH_BYTES", "Measurement", "Sample", "TimerConfig", "binomial_half_quantile",
+    "measure", "median_ci_rel_halfwidth", "stop_reason"
+]
+
 #: Bytes written to evict the L2 between samples: larger than any current GPU's L2 (H100 50 MB,
 #: H200 60 MB, B200 126 MB).
 L2_FLUSH_BYTES = 256 * 1024 * 1024

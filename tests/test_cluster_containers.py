@@ -14,7 +14,7 @@ from benchlib.arms import Arm
 from benchlib.cluster import containers
 from benchlib.cluster.containers import NodeContext
 from benchlib.cluster.task import run_imports
-from benchlib.engines import LaunchSpec
+from benchlib.arms import LaunchSpec
 from benchlib.errors import PreflightError
 
 REPO, RUN = Path("/shared/benchlib"), Path("/shared/runs/r1")

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from benchlib import engines
-from benchlib import oci
-from benchlib.arms import BUILTIN_ARMS, PRESETS, Arm, raised_privileges
-from benchlib.engines import LaunchSpec, launch_argv
+import shutil
+
+from benchlib import arms
+from benchlib.arms import BUILTIN_ARMS, PRESETS, Arm, LaunchSpec, launch_argv, raised_privileges
+from benchlib.arms import runc
 from benchlib.errors import PreflightError
 
 from docker_fixtures import docker_engine, docker_image  # noqa: F401  (pytest fixtures)
@@ -73,7 +74,7 @@ def test_docker_without_gpu(spec, as_user):
     env = _option_values(argv, "-e")
     assert "BENCHLIB_ARM=container" in env and "PYTHONPATH=/repo" in env
     assert 'BENCHLIB_RUN_FLAGS=["--ipc=host", "a,b"]' in env, "values travel intact, commas and quotes included"
-    assert _option_values(argv, "--name") == [engines.container_name(spec)]
+    assert _option_values(argv, "--name") == [arms.container_name(spec)]
 
 
 def test_docker_mounts_repo_read_only_and_only_run_dir_writable(spec, as_user):
@@ -104,8 +105,8 @@ def test_cdi_is_detected_from_spec_files(tmp_path):
     empty, with_spec = tmp_path / "a", tmp_path / "b"
     empty.mkdir(), with_spec.mkdir()
     (with_spec / "nvidia.yaml").write_text("cdiVersion: 0.5.0\n")
-    assert not engines.cdi_specs_present((empty, tmp_path / "missing"))
-    assert engines.cdi_specs_present((empty, with_spec))
+    assert not arms.cdi_specs_present((empty, tmp_path / "missing"))
+    assert arms.cdi_specs_present((empty, with_spec))
 
 
 def test_nvidia_preset_flags_come_after_gpu_flags_and_before_the_image(spec, as_user):
@@ -232,9 +233,9 @@ def test_apptainer_argv(spec, as_user):
 
 
 def test_apptainer_image_references():
-    assert engines.apptainer_image_ref("/images/bench.sif") == "/images/bench.sif"
-    assert engines.apptainer_image_ref("docker://nvcr.io/nvidia/pytorch:25.10-py3").startswith("docker://")
-    assert engines.apptainer_image_ref("benchlib:latest") == "docker-daemon://benchlib:latest"
+    assert arms.apptainer_image_ref("/images/bench.sif") == "/images/bench.sif"
+    assert arms.apptainer_image_ref("docker://nvcr.io/nvidia/pytorch:25.10-py3").startswith("docker://")
+    assert arms.apptainer_image_ref("benchlib:latest") == "docker-daemon://benchlib:latest"
 
 
 def test_isolated_and_rootfs_say_what_is_missing(spec, monkeypatch, tmp_path):
@@ -248,28 +249,28 @@ def test_isolated_and_rootfs_say_what_is_missing(spec, monkeypatch, tmp_path):
 
 
 def test_container_name_is_stable_per_workdir(spec, tmp_path):
-    assert engines.container_name(spec) == engines.container_name(spec)
+    assert arms.container_name(spec) == arms.container_name(spec)
     other = LaunchSpec(argv=[], repo_dir=spec.repo_dir, run_dir=spec.run_dir, workdir=tmp_path / "x")
-    assert engines.container_name(other) != engines.container_name(spec)
+    assert arms.container_name(other) != arms.container_name(spec)
     named = LaunchSpec(argv=[], repo_dir=spec.repo_dir, run_dir=spec.run_dir, workdir=tmp_path, name="mine")
-    assert engines.container_name(named) == "mine"
+    assert arms.container_name(named) == "mine"
 
 
 def test_preflight_native_needs_nothing(tmp_path):
-    facts = engines.preflight(BUILTIN_ARMS["native"], REPO, tmp_path / "out", host_has_gpu=False)
+    facts = arms.preflight(BUILTIN_ARMS["native"], REPO, tmp_path / "out", host_has_gpu=False)
     assert facts["engine"] == "host"
 
 
 def test_preflight_names_the_arm_when_the_engine_is_missing(monkeypatch, tmp_path):
-    monkeypatch.setattr(engines.shutil, "which", lambda name: None)
+    monkeypatch.setattr(shutil, "which", lambda name: None)
     arm = Arm("my-podman", kind="container", engine="podman", image="img")
     with pytest.raises(PreflightError, match="arm 'my-podman'.*podman.*not on PATH"):
-        engines.preflight(arm, REPO, tmp_path, host_has_gpu=False)
+        arms.preflight(arm, REPO, tmp_path, host_has_gpu=False)
 
 
 def test_prepare_run_dir_is_a_no_op_for_non_root(tmp_path, as_user):
     (tmp_path / "a").mkdir()
-    engines.prepare_run_dir(tmp_path, BUILTIN_ARMS["container"])  # no chown attempted as UID 4242
+    arms.prepare_run_dir(tmp_path, BUILTIN_ARMS["container"])  # no chown attempted as UID 4242
     assert (tmp_path / "a").stat().st_uid == os.stat(tmp_path).st_uid
 
 
@@ -278,10 +279,10 @@ def test_prepare_run_dir_chowns_folders_not_files_when_root(tmp_path):
     inv = tmp_path / "arm" / "inv-0"
     inv.mkdir(parents=True)
     (inv / "params.yaml").write_text("x: 1\n")
-    engines.prepare_run_dir(tmp_path, BUILTIN_ARMS["container"])
+    arms.prepare_run_dir(tmp_path, BUILTIN_ARMS["container"])
     assert {p.stat().st_uid for p in (tmp_path, tmp_path / "arm", inv)} == {1000}
     assert (inv / "params.yaml").stat().st_uid == 0
-    engines.prepare_run_dir(tmp_path, BUILTIN_ARMS["native"])  # native: untouched
+    arms.prepare_run_dir(tmp_path, BUILTIN_ARMS["native"])  # native: untouched
     assert tmp_path.stat().st_uid == 1000
 
 
@@ -291,11 +292,11 @@ def test_prepare_run_dir_chowns_folders_not_files_when_root(tmp_path):
 
 @pytest.mark.docker
 def test_preflight_against_the_real_image(docker_image, tmp_path):
-    facts = engines.preflight(BUILTIN_ARMS["container"], REPO, tmp_path / "outputs", host_has_gpu=False)
+    facts = arms.preflight(BUILTIN_ARMS["container"], REPO, tmp_path / "outputs", host_has_gpu=False)
     probe = facts["probe"]
     assert facts["engine"] == "docker" and facts["engine_version"]
     assert facts["image_id"].startswith("sha256:")
-    assert engines.image_digest("docker", docker_image) == facts["image_digest"]
+    assert arms.image_digest("docker", docker_image) == facts["image_digest"]
     assert probe["run_dir_writable"] and probe["repo_readable"] and not probe["missing_modules"]
     assert probe["benchlib_from"] == str(REPO / "benchlib"), "the mounted checkout wins over the image's copy"
     expected_uid = 1000 if os.geteuid() == 0 else os.getuid()
@@ -309,7 +310,7 @@ def test_preflight_against_the_real_image(docker_image, tmp_path):
 def test_preflight_missing_image_says_how_to_build_it(docker_engine, tmp_path):
     arm = Arm("ghost", kind="container", engine="docker", image=f"benchlib-missing-{uuid.uuid4().hex[:8]}:none")
     with pytest.raises(PreflightError) as caught:
-        engines.preflight(arm, REPO, tmp_path, host_has_gpu=False)
+        arms.preflight(arm, REPO, tmp_path, host_has_gpu=False)
     message = str(caught.value)
     assert "arm 'ghost'" in message and "benchlib image build" in message
     assert message.count(". ") == 0, "one sentence"
@@ -319,7 +320,7 @@ def test_preflight_missing_image_says_how_to_build_it(docker_engine, tmp_path):
 def test_preflight_bogus_flag_names_the_arm(docker_image, tmp_path):
     arm = Arm("weird", kind="container", engine="docker", image=docker_image, flags=("--bogus-flag",))
     with pytest.raises(PreflightError) as caught:
-        engines.preflight(arm, REPO, tmp_path, host_has_gpu=False)
+        arms.preflight(arm, REPO, tmp_path, host_has_gpu=False)
     message = str(caught.value)
     assert "arm 'weird'" in message and "--bogus-flag" in message
 
@@ -330,7 +331,7 @@ def test_a_real_launch_writes_only_into_the_run_dir(docker_image, tmp_path):
     workdir = run_dir / "inv-0"
     workdir.mkdir(parents=True)
     arm = BUILTIN_ARMS["container"]
-    engines.prepare_run_dir(run_dir, arm)
+    arms.prepare_run_dir(run_dir, arm)
     script = (
         "import os, sys\n"
         "open('result.txt', 'w').write(str(os.getuid()))\n"
@@ -354,7 +355,7 @@ def test_a_real_launch_writes_only_into_the_run_dir(docker_image, tmp_path):
 CAP_BITS = {"CAP_CHOWN": 0, "CAP_DAC_OVERRIDE": 1, "CAP_FOWNER": 3, "CAP_FSETID": 4, "CAP_KILL": 5, "CAP_SETGID": 6,
             "CAP_SETUID": 7, "CAP_SETPCAP": 8, "CAP_NET_BIND_SERVICE": 10, "CAP_NET_RAW": 13, "CAP_SYS_CHROOT": 18,
             "CAP_SYS_NICE": 23, "CAP_MKNOD": 27, "CAP_AUDIT_WRITE": 29, "CAP_SETFCAP": 31}
-DOCKER_DEFAULT_MASK = sum(1 << CAP_BITS[name] for name in oci.DOCKER_DEFAULT_CAPS)
+DOCKER_DEFAULT_MASK = sum(1 << CAP_BITS[name] for name in runc.DOCKER_DEFAULT_CAPS)
 #: what a confined container sees of itself, printed as one JSON line
 CONFINEMENT_PROBE = r"""
 import json, os, sys
@@ -393,7 +394,7 @@ def test_a_real_container_is_confined(docker_image, tmp_path, arm_name, extra_ca
                                            flags=("--cap-add=SYS_NICE",))
     run_dir, workdir = tmp_path / "run", tmp_path / "run" / "inv-0"
     workdir.mkdir(parents=True)
-    engines.prepare_run_dir(run_dir, arm)
+    arms.prepare_run_dir(run_dir, arm)
     spec = LaunchSpec(argv=["python3", "-c", CONFINEMENT_PROBE, str(REPO), str(run_dir)], repo_dir=REPO,
                       run_dir=run_dir, workdir=workdir, env={})
     done = subprocess.run(launch_argv(arm, spec, host_has_gpu=False), capture_output=True, text=True, timeout=180)

@@ -26,9 +26,10 @@ import pytest
 import yaml
 from docker_fixtures import IN_CI, _unavailable, docker_engine, docker_image  # noqa: F401  (fixtures)
 
-from benchlib import engines, load_envs, oci
-from benchlib.arms import BUILTIN_ARMS, arm_from_spec
-from benchlib.engines import LaunchSpec
+from benchlib import arms
+from benchlib import load_envs
+from benchlib.arms import BUILTIN_ARMS, LaunchSpec, arm_from_spec, chroot, parse_run_flags, parse_size
+from benchlib.arms import runc as runc_arm
 from benchlib.errors import BenchlibError, PreflightError
 from benchlib.manifest import Manifest
 
@@ -49,41 +50,41 @@ def _arm(**fields):
 
 def _config(arm, tmp_path: Path, cgroups: bool = True, gpus: bool = False) -> dict:
     run = tmp_path / "out" / "run"
-    return oci.bundle_config(arm, ["python", "-V"], {"PYTHONPATH": "/repo", "HOME": "/tmp"}, Path("/repo"), run,
+    return runc_arm.bundle_config(arm, ["python", "-V"], {"PYTHONPATH": "/repo", "HOME": "/tmp"}, Path("/repo"), run,
                              run / "inv-1", gpus, cgroups, "cid")
 
 
 def test_flags_parse_docker_syntax():
-    flags = oci.parse_run_flags(_arm(flags=["--cpus=1.5", "--cpuset-cpus", "0-1", "-m", "8g", "--shm-size=1g",
+    flags = parse_run_flags(_arm(flags=["--cpus=1.5", "--cpuset-cpus", "0-1", "-m", "8g", "--shm-size=1g",
                                             "--security-opt", "seccomp=/x.json", "--pids-limit=100"]))
     assert (flags.cpus, flags.cpuset_cpus, flags.memory, flags.shm_size) == (1.5, "0-1", 8 << 30, 1 << 30)
     assert flags.seccomp == "/x.json" and flags.pids_limit == 100 and flags.has_cgroup_limits
-    nvidia = oci.parse_run_flags(_arm(preset="nvidia"))  # --ipc=host --ulimit memlock=-1 --ulimit stack=...
+    nvidia = parse_run_flags(_arm(preset="nvidia"))  # --ipc=host --ulimit memlock=-1 --ulimit stack=...
     assert nvidia.ipc_host and nvidia.ulimits == {"memlock": (-1, -1), "stack": (67108864, 67108864)}
-    assert not oci.parse_run_flags(_arm()).has_cgroup_limits
-    assert oci.parse_size("64m") == 64 << 20 and oci.parse_size("512MiB") == 512 << 20
+    assert not parse_run_flags(_arm()).has_cgroup_limits
+    assert parse_size("64m") == 64 << 20 and parse_size("512MiB") == 512 << 20
 
 
 @pytest.mark.parametrize("flags, text", [(["--privileged"], "--privileged"), (["--cpus=x"], "--cpus=x"),
                                          (["--ulimit", "bogus=1"], "--ulimit=bogus=1"), (["--cpus"], "needs a value")])
 def test_bad_flags_are_refused_in_one_sentence(flags, text):
     with pytest.raises(PreflightError, match="arm 'iso'") as caught:
-        oci.parse_run_flags(_arm(flags=flags))
+        parse_run_flags(_arm(flags=flags))
     assert text in str(caught.value)
 
 
 def test_rootfs_arm_refuses_isolation_flags():
     with pytest.raises(PreflightError, match="arm 'rf'.*no isolation.*--cpus"):
-        oci.parse_run_flags(arm_from_spec({"name": "rf", "extends": "rootfs", "flags": ["--cpus=2"]}))
+        parse_run_flags(arm_from_spec({"name": "rf", "extends": "rootfs", "flags": ["--cpus=2"]}))
     arm = arm_from_spec({"name": "rf", "extends": "rootfs", "preset": "nvidia", "flags": ["--cpuset-cpus=0"]})
-    assert oci.parse_run_flags(arm).cpuset_cpus == "0"
+    assert parse_run_flags(arm).cpuset_cpus == "0"
 
 
 def test_bundle_is_a_default_docker_container_over_the_host_root(tmp_path):
     config = _config(_arm(), tmp_path)
     assert config["root"] == {"path": "rootfs", "readonly": True}
     process, linux = config["process"], config["linux"]
-    assert process["capabilities"]["bounding"] == list(oci.DOCKER_DEFAULT_CAPS) and len(oci.DOCKER_DEFAULT_CAPS) == 14
+    assert process["capabilities"]["bounding"] == list(runc_arm.DOCKER_DEFAULT_CAPS) and len(runc_arm.DOCKER_DEFAULT_CAPS) == 14
     assert process["noNewPrivileges"] is True and process["terminal"] is False
     assert process["user"]["uid"] == os.getuid() and process["cwd"].endswith("inv-1")
     assert "HOME=/tmp" in process["env"] and "rlimits" not in process  # the invoker's rlimits are inherited
@@ -119,7 +120,7 @@ def test_bundle_limits_shm_and_host_namespaces(tmp_path):
 
 
 def test_gpu_device_nodes_get_device_rules(tmp_path, monkeypatch):
-    monkeypatch.setattr(oci, "nvidia_device_nodes", lambda: [Path("/dev/null")])  # any character device
+    monkeypatch.setattr(runc_arm, "nvidia_device_nodes", lambda: [Path("/dev/null")])  # any character device
     config = _config(_arm(), tmp_path, gpus=True)
     (device,) = config["linux"]["devices"]
     assert (device["path"], device["type"], device["major"], device["minor"]) == ("/dev/null", "c", 1, 3)
@@ -142,7 +143,7 @@ def test_docker_seccomp_profile_is_converted():
              "comment": "x"},
         ],
     }
-    out = oci.seccomp_to_oci(profile, oci.DOCKER_DEFAULT_CAPS)
+    out = runc_arm.seccomp_to_oci(profile, runc_arm.DOCKER_DEFAULT_CAPS)
     names = [rule["names"] for rule in out["syscalls"]]
     assert ["read", "write"] in names and ["chown"] in names and ["ptrace"] in names
     assert ["mount"] not in names and ["personality"] not in names
@@ -151,17 +152,17 @@ def test_docker_seccomp_profile_is_converted():
         assert out["architectures"] == ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"]
     oci_form = {"defaultAction": "SCMP_ACT_ALLOW", "architectures": ["SCMP_ARCH_X86_64"],
                 "syscalls": [{"names": ["syslog"], "action": "SCMP_ACT_ERRNO"}]}
-    assert oci.seccomp_to_oci(oci_form, []) == oci_form
+    assert runc_arm.seccomp_to_oci(oci_form, []) == oci_form
 
 
 def test_isolated_launch_argv_carries_the_bundle(tmp_path, monkeypatch):
     monkeypatch.setenv("BENCHLIB_RUNC", sys.executable)  # any executable will do to build the argv
     spec = LaunchSpec(argv=["python", "-m", "papermill"], repo_dir=REPO, run_dir=tmp_path, workdir=tmp_path / "w",
                       env={"BENCHLIB_ARM": "isolated"})
-    argv = engines.launch_argv(BUILTIN_ARMS["isolated"], spec, host_has_gpu=False)
+    argv = arms.launch_argv(BUILTIN_ARMS["isolated"], spec, host_has_gpu=False)
     assert argv[0] == sys.executable and argv[1].endswith("_oci_launch.py")
     plan = json.loads(argv[2])
-    assert plan["id"] == engines.container_name(spec) and plan["bundle"].endswith(plan["id"])
+    assert plan["id"] == arms.container_name(spec) and plan["bundle"].endswith(plan["id"])
     assert plan["state_root"].startswith("/run/benchlib-runc")
     assert plan["config"]["process"]["args"] == ["python", "-m", "papermill"]
     assert "BENCHLIB_ARM=isolated" in plan["config"]["process"]["env"]
@@ -171,18 +172,18 @@ def _fake_export(directory: Path, **record) -> Path:
     directory.mkdir(parents=True)
     base = {"image": "img:1", "image_id": "sha256:abc", "image_digest": "sha256:abc", "entrypoint": ["/entry.sh"],
             "env": ["PATH=/opt/venv/bin:/usr/bin", "HOME=/home/x", "TORCH_ALLOW_TF32_CUBLAS_OVERRIDE=1"]}
-    (directory / oci.IMAGE_RECORD).write_text(json.dumps({**base, **record}))
+    (directory / chroot.IMAGE_RECORD).write_text(json.dumps({**base, **record}))
     return directory
 
 
 def test_rootfs_plan_uses_the_image_environment_and_entrypoint(tmp_path, monkeypatch):
     rootfs = _fake_export(tmp_path / "rootfs")
-    monkeypatch.setattr(oci, "driver_libraries", lambda: {"libcuda.so.1": "/usr/lib/libcuda.so.580.1"})
-    monkeypatch.setattr(oci, "driver_binaries", lambda: {"nvidia-smi": "/usr/bin/nvidia-smi"})
+    monkeypatch.setattr(chroot, "driver_libraries", lambda: {"libcuda.so.1": "/usr/lib/libcuda.so.580.1"})
+    monkeypatch.setattr(chroot, "driver_binaries", lambda: {"nvidia-smi": "/usr/bin/nvidia-smi"})
     arm = arm_from_spec({"name": "rf", "extends": "rootfs", "image": str(rootfs), "gpus": "all"})
     spec = LaunchSpec(argv=["python3", "-V"], repo_dir=REPO, run_dir=tmp_path / "run", workdir=tmp_path / "run" / "w",
                       env={"PYTHONPATH": str(REPO)})
-    argv = engines.launch_argv(arm, spec, host_has_gpu=True)
+    argv = arms.launch_argv(arm, spec, host_has_gpu=True)
     assert argv[1].endswith("_chroot_launch.py")
     plan = json.loads(argv[2])
     assert plan["rootfs"] == str(rootfs) and plan["argv"] == ["/entry.sh", "python3", "-V"]
@@ -194,21 +195,21 @@ def test_rootfs_plan_uses_the_image_environment_and_entrypoint(tmp_path, monkeyp
     assert binds[:4] == [("/dev", False), ("/proc", False), ("/sys", False), ("/tmp", False)]
     assert binds.index((str(REPO), True)) < binds.index((str(tmp_path / "run"), False))
     assert plan["driver"]["libs"] == {"libcuda.so.1": "/usr/lib/libcuda.so.580.1"}
-    assert engines.image_digest("chroot", str(rootfs)) == "sha256:abc"
+    assert arms.image_digest("chroot", str(rootfs)) == "sha256:abc"
 
 
 def test_rootfs_preflight_refuses_missing_or_foreign_folders(tmp_path):
     missing = arm_from_spec({"name": "rf", "extends": "rootfs", "image": str(tmp_path / "nope")})
     with pytest.raises(PreflightError, match=r"arm 'rf'.*does not exist.*benchlib image export"):
-        engines.preflight(missing, REPO, tmp_path / "out", False)
+        arms.preflight(missing, REPO, tmp_path / "out", False)
     (tmp_path / "plain").mkdir()
     plain = arm_from_spec({"name": "rf", "extends": "rootfs", "image": str(tmp_path / "plain")})
     with pytest.raises(PreflightError, match=r"not an exported image.*benchlib image export"):
-        engines.preflight(plain, REPO, tmp_path / "out", False)
+        arms.preflight(plain, REPO, tmp_path / "out", False)
 
 
 def test_chroot_launcher_resolves_symlinks_inside_the_root(tmp_path):
-    sys.path.insert(0, str(REPO / "benchlib"))
+    sys.path.insert(0, str(REPO / "benchlib" / "arms"))
     try:
         import _chroot_launch
     finally:
@@ -228,7 +229,7 @@ def test_export_refuses_a_foreign_non_empty_folder(tmp_path):
     if not shutil.which("docker"):
         pytest.skip("docker is not installed")
     with pytest.raises(BenchlibError, match="not empty and holds no earlier export"):
-        oci.export_image("benchlib:latest", tmp_path / "x")
+        chroot.export_image("benchlib:latest", tmp_path / "x")
     assert (tmp_path / "x" / "file").read_text() == "mine"
 
 
@@ -252,7 +253,7 @@ def runc_ready() -> str:
     """Root and a runc binary: what the isolated arm needs."""
     if os.geteuid() != 0:
         _unavailable("the isolated arm needs root (runc); run the tests as root (CI does).")
-    runc = oci.runc_binary()
+    runc = runc_arm.runc_binary()
     if runc is None:
         _unavailable("runc is not installed; `apt-get install runc` (it comes with docker.io).")
     return runc
@@ -265,12 +266,12 @@ def exported_rootfs(docker_image: str) -> Path:  # noqa: F811
         _unavailable("exporting and entering the rootfs for the tests needs root; run the tests as root (CI does).")
     image_id = json.loads(subprocess.run(["docker", "image", "inspect", docker_image], capture_output=True, text=True,
                                          timeout=60, check=True).stdout)[0]["Id"]
-    record = oci.read_rootfs_record(ROOTFS_CACHE)
+    record = chroot.read_rootfs_record(ROOTFS_CACHE)
     if record is None or record.get("image_id") != image_id:
         force = record is not None
         if not force and ROOTFS_CACHE.exists():
             shutil.rmtree(ROOTFS_CACHE)  # an interrupted export (no record yet)
-        oci.export_image(docker_image, ROOTFS_CACHE, force=force)
+        chroot.export_image(docker_image, ROOTFS_CACHE, force=force)
     return ROOTFS_CACHE
 
 
@@ -280,7 +281,7 @@ def _run_direct(arm, tmp_path: Path, code: str, timeout: float = 120) -> subproc
     python = sys.executable if arm.kind == "isolated" else "python3"
     spec = LaunchSpec(argv=[python, "-c", code], repo_dir=REPO, run_dir=run, workdir=run,
                       env={"PYTHONPATH": str(REPO)}, name=f"benchlib-test-{uuid.uuid4().hex[:8]}")
-    return subprocess.run(engines.launch_argv(arm, spec, host_has_gpu=False), capture_output=True, text=True,
+    return subprocess.run(arms.launch_argv(arm, spec, host_has_gpu=False), capture_output=True, text=True,
                           timeout=timeout, stdin=subprocess.DEVNULL)
 
 
@@ -335,7 +336,7 @@ def test_isolated_timeout_is_cleaned_up_by_stop(runc_ready, tmp_path):
     arm = _arm()
     spec = LaunchSpec(argv=["sleep", "300"], repo_dir=REPO, run_dir=run, workdir=run,
                       name=f"benchlib-test-{uuid.uuid4().hex[:8]}")
-    launcher = subprocess.Popen(engines.launch_argv(arm, spec, False), stdin=subprocess.DEVNULL)
+    launcher = subprocess.Popen(arms.launch_argv(arm, spec, False), stdin=subprocess.DEVNULL)
     state = Path("/run/benchlib-runc/state") / spec.name
     deadline = time.monotonic() + 60
     while not state.exists() and time.monotonic() < deadline:
@@ -343,7 +344,7 @@ def test_isolated_timeout_is_cleaned_up_by_stop(runc_ready, tmp_path):
     assert state.exists(), "the container never started"
     launcher.kill()  # what subprocess.run's timeout does to the runner's child
     launcher.wait()
-    engines.stop(arm, spec)
+    arms.stop(arm, spec)
     assert not state.exists()
     assert not (Path("/run/benchlib-runc/bundles") / spec.name).exists()
 
@@ -374,7 +375,7 @@ def four_arm_run(tmp_path_factory, runc_ready, exported_rootfs, docker_image) ->
     tmp = tmp_path_factory.mktemp("isolated-rootfs")
     arms: list = ["native", "isolated", {"name": "rootfs", "extends": "rootfs", "image": str(exported_rootfs)},
                   {"name": "container", "extends": "container", "image": docker_image}]
-    if oci.cgroup_support()["writable"]:
+    if runc_arm.cgroup_support()["writable"]:
         arms.insert(2, {"name": "isolated-cpu1", "extends": "isolated", "flags": ["--cpus=1"]})
     suite = tmp / "isolation.yaml"
     suite.write_text(yaml.safe_dump({
@@ -432,8 +433,8 @@ def test_cpu_limit_shows_in_the_fingerprint(four_arm_run):
     envs = _envs(four_arm_run)
     if "isolated-cpu1" not in envs:
         if IN_CI:
-            pytest.fail(f"CI=true but cgroups cannot be created here: {oci.cgroup_support()['why']}", pytrace=False)
-        pytest.skip(f"cgroups cannot be created here: {oci.cgroup_support()['why']}")
+            pytest.fail(f"CI=true but cgroups cannot be created here: {runc_arm.cgroup_support()['why']}", pytrace=False)
+        pytest.skip(f"cgroups cannot be created here: {runc_arm.cgroup_support()['why']}")
     for env in envs["isolated-cpu1"]:
         assert env["cgroup"]["cpu_max"] == "100000 100000" and env["cgroup"]["cpu_quota_cores"] == 1.0
     for env in envs["isolated"]:
@@ -444,7 +445,7 @@ def test_cpu_limit_shows_in_the_fingerprint(four_arm_run):
 @pytest.mark.notebook
 def test_rootfs_fingerprint_shows_the_image_stack(four_arm_run, exported_rootfs):
     envs = _envs(four_arm_run)
-    record = oci.read_rootfs_record(exported_rootfs)
+    record = chroot.read_rootfs_record(exported_rootfs)
     for env in envs["rootfs"]:
         assert env["python"]["executable"] == "/opt/venv/bin/python3"
         assert env["container"]["image_identity"]["project_version"]  # /etc/benchlib/image.json of the image

@@ -20,8 +20,9 @@ import pytest
 
 from benchlib import schema
 from benchlib.manifest import Manifest
-from benchlib.report import (FIGURES, Report, _image_mismatch, _missing_effects, analyse, build_report,
-                             decomposition_roles)
+from benchlib.report import FIGURES, Report, analyse, build_report, decomposition_roles
+from benchlib.wording import image_mismatch as _image_mismatch
+from benchlib.wording import missing_effects as _missing_effects
 from conftest import run_cli
 
 pytestmark = [pytest.mark.notebook, pytest.mark.slow]

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from benchlib import stats
+from benchlib import stats, wording
 from benchlib.schema import RESULT_COLUMNS, TELEMETRY_COLUMNS, conform
 
 T0 = 1_700_000_000_000_000_000
@@ -77,7 +77,7 @@ def test_planted_ten_percent_slowdown():
     assert row.verdict_code == "overhead"
     assert row.overhead == pytest.approx(row.ratio - 1)
     assert row.verdict.startswith(f"overhead {100 * row.overhead:.1f} % [")
-    expected = stats.BANDS[0][1] if row.overhead < 0.10 else stats.BANDS[1][1]
+    expected = wording.BANDS[0][1] if row.overhead < 0.10 else wording.BANDS[1][1]
     assert row.band == expected
     assert row.p_welch < 0.05 and row.p_mwu < 0.05
 
@@ -200,11 +200,11 @@ def test_higher_is_better_flips_direction():
                          inv_jitter=0.01, seed=9)
     lower = one_row(frame)
     assert lower.overhead == pytest.approx(lower.ratio - 1) and lower.overhead < 0
-    assert lower.verdict.startswith("faster by") and lower.band == stats.FASTER_BAND
+    assert lower.verdict.startswith("faster by") and lower.band == wording.FASTER_BAND
     higher = one_row(frame, higher_is_better={"throughput"})
     assert higher.ratio == pytest.approx(lower.ratio)
     assert higher.overhead == pytest.approx(1 / higher.ratio - 1) and higher.overhead > 0.10
-    assert higher.verdict_code == "overhead" and higher.band == stats.BANDS[1][1]
+    assert higher.verdict_code == "overhead" and higher.band == wording.BANDS[1][1]
     assert stats.overhead_from_ratio(0.8, higher_is_better=True) == pytest.approx(0.25)
     assert stats.overhead_from_ratio(1.25) == pytest.approx(0.25)
     by_unit = one_row(frame.assign(unit="token/s"))

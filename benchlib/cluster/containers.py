@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Literal, Sequence
 
 from ..arms import Arm
-from ..engines import LaunchSpec, apptainer_image_ref, launch_argv
+from ..arms import LaunchSpec, apptainer_image_ref, launch_argv
 from ..errors import PreflightError
 
 IpcChoice = Literal["host", "private"]

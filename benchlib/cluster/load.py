@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .. import _atomic, schema
-from ..bench import RESULTS_FILE, TELEMETRY_FILE
+from ..layout import RESULTS_FILE, TELEMETRY_FILE
 from ..errors import BenchlibError
 from ..fleet import with_slots
 from ..manifest import COMPLETE, Invocation, Manifest

@@ -28,7 +28,7 @@ from typing import Iterator, Literal
 from pydantic import Field
 
 from ..device import Device
-from ..params import CommonParams
+from ..params import CommonParams, common_default
 from ..timer import measure
 from ..metricspec import time_metric
 from . import Metric, Workload
@@ -39,6 +39,13 @@ class FaultParams(CommonParams):
     mode: Literal["ok", "oom", "crash", "hang"] = "ok"
     oom_mib: int = Field(256, gt=0, le=1 << 20)  # oom: headroom granted, then twice it is asked for
     hang_s: float = Field(3600.0, gt=0)  # hang: how long the kernel sleeps
+    # this workload"s timing defaults (its notebook"s parameters cell is checked against the model)
+    warmup: int = common_default("warmup", 1)
+    min_samples: int = common_default("min_samples", 5)
+    max_samples: int = common_default("max_samples", 10)
+    max_time_s: float = common_default("max_time_s", 0.5)
+    target_rel_ci: float = common_default("target_rel_ci", 0.2)
+    telemetry_hz: float = common_default("telemetry_hz", 0.0)
 
 
 def run(params: FaultParams, device: Device) -> list[Metric]:

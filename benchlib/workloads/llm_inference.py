@@ -31,7 +31,7 @@ from ..llm.base import Kernels, KvCacheMode
 from ..llm.metrics import METRIC_SPECS, Ceilings, ScenarioInfo, scenario_metrics
 from ..llm.trtllm import BENCH_METRIC_SPECS
 from ..llm.model import ModelShape, shape_from_hf_config
-from ..params import CommonParams
+from ..params import CommonParams, common_default
 from . import Metric, Workload
 
 MODES_BY_BACKEND = {"reference": ("graph", "eager"), "transformers": ("eager",),
@@ -62,6 +62,12 @@ class LlmParams(CommonParams):
     kv_cache_max_tokens: int | None = Field(None, gt=0)  # free_memory: at most this many tokens
     mem_bw_gbs: float | None = Field(None, gt=0)  # a measured bandwidth for the decode roofline
     peak_tflops: float | None = Field(None, gt=0)  # a stated peak for the prefill roofline
+    # this workload"s timing defaults (its notebook"s parameters cell is checked against the model)
+    warmup: int = common_default("warmup", 2)
+    min_samples: int = common_default("min_samples", 5)
+    max_samples: int = common_default("max_samples", 50)
+    max_time_s: float = common_default("max_time_s", 10.0)
+    target_rel_ci: float = common_default("target_rel_ci", 0.02)
 
     @field_validator("mode")
     @classmethod

@@ -18,7 +18,7 @@ from pydantic import Field
 
 from ..device import Device
 from ..diagnosis.classes import GPU_KERNELS, HOST, MATH_MODE_MECHANISMS, Sensitivity, excluding
-from ..params import CommonParams
+from ..params import CommonParams, common_default
 from ..timer import Sample, measure
 from ..metricspec import CHECK, MetricSpec, time_metric
 from . import Metric, Workload
@@ -37,6 +37,8 @@ class MatmulParams(CommonParams):
     n: int = Field(256, gt=0, le=65536)
     dtype: Literal["fp32", "tf32", "bf16", "fp16"] = "fp32"
     peak_tflops: float | None = Field(None, gt=0)  # a stated peak; the ceilings table otherwise
+    # this workload"s timing defaults (its notebook"s parameters cell is checked against the model)
+    max_time_s: float = common_default("max_time_s", 10.0)
 
 
 @contextmanager

@@ -17,7 +17,7 @@ from pydantic import Field
 
 from ..device import Device
 from ..diagnosis.classes import GPU_KERNELS, HOST, Sensitivity
-from ..params import CommonParams
+from ..params import CommonParams, common_default
 from ..timer import measure
 from ..metricspec import time_metric
 from . import Metric, Workload
@@ -33,6 +33,10 @@ class MembwParams(CommonParams):
     size_mib: int = Field(64, gt=0, le=1 << 20)  # one buffer; every op uses 2 (copy) or 3 (triad)
     dtype: Literal["fp32", "fp16", "bf16", "fp64"] = "fp32"
     peak_gbs: float | None = Field(None, gt=0)  # a stated bandwidth; the ceilings table otherwise
+    # this workload"s timing defaults (its notebook"s parameters cell is checked against the model)
+    max_samples: int = common_default("max_samples", 100)
+    max_time_s: float = common_default("max_time_s", 2.0)
+    target_rel_ci: float = common_default("target_rel_ci", 0.01)
 
 
 def bytes_moved(op: str, size_bytes: int) -> int:

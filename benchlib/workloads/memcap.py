@@ -39,13 +39,13 @@ UNIFIED_SHARE = 0.25  # of available host memory: the machine is shared with the
 
 
 class MemcapParams(CommonParams):
-    chunk_mib: int = Field(256, gt=0, le=1 << 20)  # allocation granularity
+    chunk_mib: int = Field(64, gt=0, le=1 << 20)  # allocation granularity
     # the stated limit in GiB; None: `share` of what the device really has (see the module docstring)
     max_gib: float | None = Field(None, gt=0)
     # share of the free device memory (discrete GPU, default 0.9) or of the available host memory
     # (unified memory, default 0.25) that growth may reach when max_gib is unset
     share: float | None = Field(None, gt=0, le=1)
-    host_cap_mib: int = Field(256, gt=0, le=1 << 20)  # cap on the CPU path (no GPU)
+    host_cap_mib: int = Field(128, gt=0, le=1 << 20)  # cap on the CPU path (no GPU)
 
 
 def grow(allocate: Callable[[int], Any], chunk_bytes: int, cap_bytes: int) -> tuple[int, str]:

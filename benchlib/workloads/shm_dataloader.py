@@ -20,7 +20,7 @@ from pydantic import Field
 
 from ..device import Device
 from ..diagnosis.classes import HOST, SHARED_MEMORY, always
-from ..params import CommonParams
+from ..params import CommonParams, common_default
 from ..timer import measure
 from ..metricspec import time_metric
 from . import Metric, Workload
@@ -49,11 +49,15 @@ SHM_MAYBE: tuple[tuple[str, str], ...] = (
 class ShmDataloaderParams(CommonParams):
     device: Literal["cpu"] = "cpu"  # a CPU / shared-memory path
     num_workers: int = Field(2, ge=1, le=256)
-    batch_mib: int = Field(8, gt=0, le=64 * 1024)  # bytes of one batch, in MiB
+    batch_mib: int = Field(4, gt=0, le=64 * 1024)  # bytes of one batch, in MiB
     batch_size: int = Field(8, ge=1, le=4096)  # samples collated into one batch
-    batches: int = Field(16, ge=1, le=100_000)  # batches per epoch (one timed sample)
+    batches: int = Field(8, ge=1, le=100_000)  # batches per epoch (one timed sample)
     prefetch_factor: int = Field(2, ge=1, le=64)  # batches each worker keeps ready
     loader_timeout_s: float = Field(60.0, gt=0)  # a stalled worker fails the case after this
+    # this workload"s timing defaults (its notebook"s parameters cell is checked against the model)
+    max_samples: int = common_default("max_samples", 100)
+    max_time_s: float = common_default("max_time_s", 2.0)
+    target_rel_ci: float = common_default("target_rel_ci", 0.01)
 
 
 class ShmExhausted(RuntimeError):

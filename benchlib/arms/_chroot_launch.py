@@ -2,7 +2,7 @@
 
     python _chroot_launch.py PLAN_JSON
 
-PLAN_JSON (built by :func:`benchlib.oci.rootfs_argv`): ``rootfs``, ``binds`` (source, target,
+PLAN_JSON (built by :meth:`benchlib.arms.chroot.ChrootLauncher.argv`): ``rootfs``, ``binds`` (source, target,
 recursive, readonly; in order), ``driver`` (``dir`` inside the rootfs, ``libs``: name -> host file,
 ``bins``: name -> host file), ``env``, ``cwd``, ``argv``, ``ulimits`` (name -> [soft, hard], -1
 unlimited) and ``cpuset`` (a CPU list or null).

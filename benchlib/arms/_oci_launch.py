@@ -2,7 +2,7 @@
 
     python _oci_launch.py PLAN_JSON
 
-PLAN_JSON (built by :func:`benchlib.oci.isolated_argv`): ``runc`` (binary), ``state_root``,
+PLAN_JSON (built by :meth:`benchlib.arms.runc.RuncLauncher.argv`): ``runc`` (binary), ``state_root``,
 ``bundle`` (folder), ``id``, ``global`` (extra runc options) and ``config`` (the OCI config.json;
 ``root.path`` is ``rootfs`` inside the bundle).
 

@@ -1,6 +1,7 @@
 """The one arm model (docs/architecture.md, "Arms"): one way of launching the same notebook with the same params.
 
-An arm is data; :mod:`benchlib.engines` turns (arm, papermill argv) into the argv that launches it.
+An arm is data; its launcher (:mod:`benchlib.arms.registry`, by the arm's engine) turns (arm,
+papermill argv) into the argv that launches it.
 Suites name arms either by a built-in name (``native``, ``container``, ...) or by a mapping with
 the fields of :class:`Arm` plus ``extends`` (a built-in arm to start from), validated against
 :class:`ArmSpec`: unknown keys, wrong types, an unknown kind, engine, preset or ``extends``, a
@@ -16,17 +17,12 @@ from typing import Any, Literal, Mapping, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .errors import ParamsError
-from .params import error_sentence, key_name
+from ..errors import ParamsError
+from ..params import error_sentence, key_name
 
+#: The arm kinds: their roles in the decomposition (host; image + isolation; host + isolation; image alone).
 ArmKind = Literal["native", "container", "isolated", "rootfs"]
 ARM_KINDS: tuple[str, ...] = ("native", "container", "isolated", "rootfs")
-ENGINES_BY_KIND: dict[str, tuple[str, ...]] = {
-    "native": ("host",),
-    "container": ("docker", "podman", "apptainer"),
-    "isolated": ("runc",),
-    "rootfs": ("chroot",),
-}
 
 DEFAULT_IMAGE = "benchlib:latest"
 
@@ -76,10 +72,6 @@ class Arm:
     def run_flags(self) -> tuple[str, ...]:
         """The preset's flags followed by the arm's own."""
         return PRESETS[self.preset] + tuple(self.flags)
-
-    @property
-    def is_containerised(self) -> bool:
-        return self.kind != "native"
 
     def to_dict(self) -> dict[str, Any]:
         record = asdict(self)
@@ -156,13 +148,10 @@ _PRIVILEGE_FLAGS = {
 _BOOLEAN_FLAGS = {"--privileged", "--fakeroot", "--keep-privs", "--allow-setuid", "--writable"}
 
 
-def raised_privileges(run_flags: Sequence[str], kind: str = "container") -> list[str]:
+def flag_privileges(run_flags: Sequence[str]) -> list[str]:
     """The run flags that raise privileges (``--privileged``, ``--cap-add``, ``--security-opt
     seccomp=unconfined``, ``--user 0``, ``--pid=host``, ``--device``, writable ``-v`` mounts,
-    apptainer's ``--fakeroot``...), each as ``flag (what it grants)``; empty for a native arm, whose
-    flags launch nothing."""
-    if kind == "native":
-        return []
+    apptainer's ``--fakeroot``...), each as ``flag (what it grants)``."""
     found = []
     items = [str(flag) for flag in run_flags]
     i = 0
@@ -208,15 +197,17 @@ def _validate(arm: Arm, source: str, loc: tuple = ()) -> None:
     if not arm.name or arm.name in (".", "..") or re.search(r"[/\\\x00-\x1f\x7f]", arm.name):
         raise ParamsError(f"{source}: arm {arm.name!r}: an arm name names a folder of the run, so it may not be "
                           "empty, '.' or '..', nor hold '/', '\\' or control characters.")
+    from .registry import engines_of_kind, launcher_for
+
     if arm.kind not in ARM_KINDS:
         raise ParamsError(f"{key('kind')} must be one of {', '.join(ARM_KINDS)}, not {arm.kind!r}.")
-    if arm.engine not in ENGINES_BY_KIND[arm.kind]:
-        allowed = ", ".join(ENGINES_BY_KIND[arm.kind])
+    if arm.engine not in engines_of_kind(arm.kind):
+        allowed = ", ".join(engines_of_kind(arm.kind))
         raise ParamsError(f"{key('engine')} must be one of {allowed} for a {arm.kind} arm, not {arm.engine!r}.")
     if arm.preset not in PRESETS:
         raise ParamsError(f"{key('preset')} must be one of {', '.join(PRESETS)}, not {arm.preset!r}.")
-    if arm.kind == "container" and not arm.image:
-        raise ParamsError(f"{key('image')} is required for a container arm (e.g. {DEFAULT_IMAGE}).")
+    if launcher_for(arm).needs_image and not arm.image:
+        raise ParamsError(f"{key('image')} is required for a {arm.kind} arm (e.g. {DEFAULT_IMAGE}).")
     if arm.gpus not in ("auto", "all", "none"):
         raise ParamsError(f"{key('gpus')} must be one of auto, all, none, not {arm.gpus!r}.")
     for flag in arm.flags:

@@ -1,0 +1,448 @@
+"""The analysis of a run (docs/architecture.md, "Data flow", last two steps): :func:`analyse` loads a run
+(benchlib.results), checks it, compares every arm with the baseline (benchlib.stats), diffs the
+fingerprints (benchlib.envdiff) and derives energy per unit of work and the fraction of the hardware
+ceiling (benchlib.numbers); the :class:`Analysis` it returns holds the tables, the problems and
+headline in words (benchlib.wording) and the figures (benchlib.figures). ``notebooks/analysis.ipynb``
+is a thin page over it; benchlib.render exports it.
+"""
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+
+from . import envdiff, figures, schema, stats
+from .arms import flag_privileges, launcher_for
+from .figures import CSS, Html
+from .layout import RESULTS_FILE
+from .manifest import COMPLETE, FAILED, Invocation, Manifest
+from .numbers import ceiling_fractions, energy_per_work, is_performance, ok_rows
+from .results import default_run_dir, load_envs, load_manifest, load_telemetry, read_results
+from .wording import (DECOMPOSITION_TITLES, FASTER_BAND, image_mismatch, missing_effects, named, overhead_text,
+                      ratio_text)
+
+__all__ = ["FIGURES", "Analysis", "analyse", "decomposition_roles", "role_of"]
+
+FIGURES = ("forest", "decomposition", "distributions", "telemetry", "energy", "ceilings")
+
+
+THROTTLED_SHARE = 0.05  # above this share of throttled samples, the report says so
+
+
+MAX_LISTED = 10  # problems of one kind listed one by one; the rest are counted
+
+
+
+def _arm_problems(manifest: Manifest, arms: list[str], baseline: str | None, requested: str | None,
+                  results: pd.DataFrame) -> list[str]:
+    problems = [f"arm {item['arm']} was skipped: {item['why']}" for item in manifest.skipped_arms]
+    problems += _privilege_problems(manifest)
+    if requested is not None and requested not in arms:
+        problems.append(f"the baseline {requested!r} is not an arm of this run (arms: {', '.join(arms)}); "
+                        f"{baseline} is used instead.")
+    if len(arms) < 2:
+        problems.append(f"this run has one arm ({', '.join(arms) or 'none'}): there is nothing to compare it with; "
+                        "run with two arms or more, e.g. --arms native,container.")
+    with_results = set(ok_rows(results)["arm"])
+    for arm in arms:
+        if arm not in with_results:
+            role = "the baseline arm" if arm == baseline else "arm"
+            problems.append(f"{role} {arm} has no successful results: it cannot be compared.")
+    return problems
+
+
+def _privilege_problems(manifest: Manifest) -> list[str]:
+    """Arms that ran with raised privileges (their flags asked) or as root inside a container."""
+    problems = []
+    for spec in manifest.arms:
+        raised = _raised(spec)
+        if raised:
+            problems.append(f"arm {spec.get('name')} ran with raised privileges, as its flags ask: "
+                            f"{'; '.join(raised)}. Its numbers describe that container, not a default one.")
+        probe = (spec.get("preflight") or {}).get("probe") or {}
+        if _launcher_of(spec) is not None and _launcher_of(spec).drops_root and probe.get("uid") == 0:
+            problems.append(f"arm {spec.get('name')} ran as root inside its container (UID 0): unset "
+                            "BENCHLIB_CONTAINER_USER, or set it to a non-root UID:GID.")
+    return problems
+
+
+def _launcher_of(spec: dict[str, Any]):
+    """The launcher of a manifest's arm record, or None for an engine this benchlib does not know."""
+    try:
+        return launcher_for(str(spec.get("engine")))
+    except KeyError:
+        return None
+
+
+def _raised(spec: dict[str, Any]) -> list[str]:
+    """The raised privileges of a manifest's arm record (by its launcher; every flag of an unknown engine)."""
+    launcher = _launcher_of(spec)
+    flags = spec.get("run_flags") or []
+    return launcher.raised_privileges(flags) if launcher is not None else flag_privileges(flags)
+
+
+def _invocation_problems(manifest: Manifest, missing: list[Invocation], run_dir: Path) -> list[str]:
+    lines = [f"invocation {inv.label} failed: {inv.error or 'no reason recorded'}"
+             for inv in manifest.invocations if inv.status == FAILED]
+    lines += [f"invocation {inv.label} did not run to the end (status {inv.status}); complete the run with "
+              f"`benchlib run --resume {run_dir}`." for inv in manifest.invocations if inv.status not in (COMPLETE, FAILED)]
+    lines += [f"invocation {inv.label} is marked complete but its {RESULTS_FILE} is missing." for inv in missing]
+    if len(lines) > MAX_LISTED:
+        lines = lines[:MAX_LISTED] + [f"… and {len(lines) - MAX_LISTED} more invocations that failed or are missing."]
+    return lines
+
+
+def _case_problems(results: pd.DataFrame, arms: list[str]) -> list[str]:
+    """Cases that failed or were skipped inside a notebook, and cases some arms lack."""
+    problems = []
+    bad = results[results["status"].ne(schema.STATUS_OK).to_numpy(dtype=bool, na_value=True)]
+    for (arm, benchmark, case, status, note), part in bad.groupby(["arm", "benchmark", "case", "status", "note"],
+                                                                 sort=False, dropna=False):
+        invocations = ", ".join(map(str, sorted(part["invocation"].unique())))
+        problems.append(f"{benchmark} {case} {status} in arm {arm} (invocation {invocations}): {note}")
+    present = ok_rows(results).groupby(["benchmark", "case"], sort=False)["arm"].agg(set)
+    if len(arms) > 1:
+        for (benchmark, case), have in present.items():
+            lacking = [arm for arm in arms if arm not in have]
+            if lacking and have:
+                problems.append(f"{benchmark} {case} has results in {', '.join(a for a in arms if a in have)} only, "
+                                f"not in {', '.join(lacking)}: it is not compared there.")
+    return problems
+
+
+def _stat_problems(comparison: pd.DataFrame) -> list[str]:
+    problems = []
+    too_few = comparison[comparison["verdict_code"].eq("too_few")]
+    if not too_few.empty:
+        problems.append(f"{len(too_few)} comparison(s) have fewer than {stats.MIN_INVOCATIONS} invocations in an arm, "
+                        f"so no confidence interval: run with --invocations {stats.MIN_INVOCATIONS} or more.")
+    for column, who in (("throttled_share_arm", "arm"), ("throttled_share_base", "baseline")):
+        if column not in comparison.columns:
+            continue
+        hot = comparison[comparison[column].astype(float) > THROTTLED_SHARE].drop_duplicates(["benchmark", "case", who])
+        for row in hot.itertuples(index=False):
+            problems.append(f"{100 * getattr(row, column):.0f} % of the samples of {getattr(row, who)} in "
+                            f"{row.benchmark} {row.case} ran while the GPU was throttled; the summary table "
+                            "also shows the verdict without them.")
+    return problems
+
+
+@dataclass
+class Analysis:
+    """A run, compared: tables, the headline in words and the figures. Built by :func:`analyse`."""
+
+    run_dir: Path
+    manifest: Manifest
+    arms: list[str]  # baseline first
+    baseline: str | None
+    margin: float
+    results: pd.DataFrame
+    telemetry: pd.DataFrame
+    comparison: pd.DataFrame  # stats.compare (or compare_with_without_throttled) of every metric
+    env_diff: pd.DataFrame
+    problems: list[str]
+    _plotlyjs_sent: bool = field(default=False, init=False, repr=False)
+
+    @property
+    def run_id(self) -> str:
+        return self.manifest.run_id
+
+    @property
+    def comparable(self) -> bool:
+        """At least one case has results in the baseline and in another arm."""
+        counts = self.comparison[["n_inv_arm", "n_inv_base"]].astype(float)
+        return bool(((counts["n_inv_arm"] > 0) & (counts["n_inv_base"] > 0)).any())
+
+    @property
+    def performance(self) -> pd.DataFrame:
+        """Comparison rows of times and rates (the overhead questions)."""
+        return self.comparison[self.comparison["unit"].map(is_performance).astype(bool)]
+
+    @property
+    def devices(self) -> list[str]:
+        return sorted(set(self.results["device"].dropna().astype(str)) - {"unknown"})
+
+    @cached_property
+    def energy(self) -> pd.DataFrame:
+        return energy_per_work(self.results, self.telemetry)
+
+    @cached_property
+    def ceilings(self) -> pd.DataFrame:
+        return ceiling_fractions(self.results)
+
+    @cached_property
+    def roles(self) -> dict[str, str]:
+        """Arm of each role of the decomposition (native, isolated, rootfs, container) this run has."""
+        return decomposition_roles(self.manifest.arms, self.baseline)
+
+    @cached_property
+    def decomposition(self) -> pd.DataFrame:
+        """stats.decompose of the times and rates, by the arms in :attr:`roles`; empty without a native
+        arm, or without an isolated or rootfs arm (the total alone is the forest plot's container row)."""
+        if "native" not in self.roles or not {"isolated", "rootfs"} & set(self.roles):
+            return pd.DataFrame(columns=stats.DECOMPOSE_COLUMNS)
+        performance = self.results[self.results["unit"].map(is_performance).astype(bool)]
+        return stats.decompose(performance, **self.roles)
+
+    # ----------------------------------------------------------------- words
+
+    def headline(self) -> list[str]:
+        """One plain-words paragraph per arm compared with the baseline."""
+        if self.baseline is None or len(self.arms) < 2:
+            return ["Nothing to compare: this run has one arm. The tables below describe it alone."]
+        return [self._arm_headline(arm) for arm in self.arms[1:]]
+
+    def _arm_headline(self, arm: str) -> str:
+        """``arm vs baseline: no overhead beyond 2 % in k of n cases; overhead in …; faster in …;
+        inconclusive in …. Likely cause: …``, naming at most NAMED_CASES cases per verdict."""
+        rows = self.performance[self.performance["arm"] == arm]
+        opening = f"{arm} vs {self.baseline}:"
+        if rows.empty:
+            return f"{opening} no case has results in both arms, so nothing could be compared."
+        codes = rows["verdict_code"]
+        parts = [f"no overhead beyond {100 * self.margin:g} % in {int(codes.eq('equivalent').sum())} of {len(rows)} cases"]
+        worse = rows[codes.eq("overhead") & (rows["overhead"] > 0)].sort_values("overhead", ascending=False)
+        if not worse.empty:
+            parts.append(f"overhead in {len(worse)}: " + named(worse, lambda r: f"{r.verdict} — {r.band}"))
+        faster = rows[codes.eq("overhead") & (rows["overhead"] < 0)].sort_values("overhead")
+        if not faster.empty:
+            parts.append(f"faster in {len(faster)} ({FASTER_BAND}): " + named(faster, lambda r: r.verdict))
+        unsure = rows[codes.eq("inconclusive")]
+        if not unsure.empty:
+            parts.append(f"inconclusive in {len(unsure)}: "
+                         + named(unsure, lambda r: r.verdict.removeprefix("inconclusive: ")))
+        too_few = int(codes.eq("too_few").sum())
+        if too_few:
+            parts.append(f"{too_few} with too few invocations for a confidence interval")
+        return f"{opening} {'; '.join(parts)}.{self._cause_sentence(arm, codes)}"
+
+    def _cause_sentence(self, arm: str, codes: pd.Series) -> str:
+        """What differs in the fingerprints, when not every case is equivalent."""
+        if codes.eq("equivalent").all():
+            return ""
+        causes = envdiff.likely_causes(self.env_diff, arm, str(self.baseline))
+        if not causes:
+            return " No known mechanism differs between the two fingerprints; see the environment differences."
+        lead = "Likely cause" if codes.eq("overhead").any() else "Known differences"
+        return f" {lead}: {'; '.join(causes)}; see the environment differences."
+
+    def short_verdict(self) -> str:
+        """One line per compared arm, for the index of reports."""
+        if self.baseline is None or len(self.arms) < 2:
+            return "one arm: nothing compared"
+        lines = []
+        for arm in self.arms[1:]:
+            rows = self.performance[self.performance["arm"] == arm]
+            codes = rows["verdict_code"]
+            text = f"{arm} vs {self.baseline}: {int(codes.eq('equivalent').sum())}/{len(rows)} within ±{100 * self.margin:g} %"
+            worse = rows[codes.eq("overhead") & (rows["overhead"] > 0)]
+            if not worse.empty:
+                text += f", overhead up to {100 * worse['overhead'].max():.0f} %"
+            faster = codes.eq("overhead") & (rows["overhead"] < 0)
+            if faster.any():
+                text += f", faster in {int(faster.sum())}"
+            if codes.eq("inconclusive").any():
+                text += f", {int(codes.eq('inconclusive').sum())} inconclusive"
+            lines.append(text)
+        return "; ".join(lines)
+
+    # ----------------------------------------------------------------- tables
+
+    def summary_frame(self) -> pd.DataFrame:
+        """The comparison as people read it: one row per case, metric and arm."""
+        rows = []
+        for row in self.comparison.itertuples(index=False):
+            record = {
+                "case": figures.case_label(row.benchmark, row.case, row.metric), "arm": row.arm,
+                "invocations": f"{row.n_inv_arm} / {row.n_inv_base}",
+                "baseline median": figures.format_value(row.median_base, str(row.unit)),
+                "arm median": figures.format_value(row.median_arm, str(row.unit)),
+                "ratio [95 % CI]": ratio_text(row.ratio, row.ci_low, row.ci_high),
+                "verdict": row.verdict, "band": row.band if isinstance(row.band, str) else "",
+                "p TOST (Holm)": row.p_tost_holm, "p Welch (Holm)": row.p_welch_holm,
+            }
+            if "verdict_unthrottled" in self.comparison.columns:
+                record["without throttled samples"] = row.verdict_unthrottled
+            rows.append(record)
+        return pd.DataFrame(rows)
+
+    # ----------------------------------------------------------------- notebook display
+
+    def figure(self, name: str) -> go.Figure:
+        """One of :data:`FIGURES`."""
+        builders: dict[str, Callable[[], go.Figure]] = {
+            "forest": lambda: figures.forest(self.performance, self.margin),
+            "distributions": lambda: figures.distributions(
+                ok_rows(self.results)[lambda f: f["unit"].map(is_performance).astype(bool)], self.arms),
+            "telemetry": lambda: figures.telemetry(self.telemetry, self.arms),
+            "energy": lambda: figures.energy(self.energy, self.arms),
+            "ceilings": lambda: figures.ceilings(self.ceilings, self.arms, self.devices),
+            "decomposition": lambda: figures.decomposition(self.decomposition),
+        }
+        if name not in builders:
+            raise ValueError(f"unknown figure {name!r}; figures are {', '.join(FIGURES)}")
+        return builders[name]()
+
+    def show(self, name: str) -> Html:
+        """A figure as HTML for a notebook cell; the first one shown embeds plotly.js."""
+        fragment = figures.to_html(self.figure(name), include_plotlyjs=not self._plotlyjs_sent)
+        self._plotlyjs_sent = True
+        return Html(fragment)
+
+    def overview(self) -> Html:
+        """The run in a few facts, then its problems."""
+        counts = self.manifest.counts()
+        gpus = self.manifest.host.get("gpus") or []
+        facts = [
+            ("run", self.run_id), ("suite", self.manifest.suite), ("created", self.manifest.created_at),
+            ("GPU", ", ".join(map(str, gpus)) or "none (CPU only)"),
+            ("devices measured", ", ".join(self.devices) or "none"),
+            ("arms", ", ".join(_arm_description(spec) for spec in self.manifest.arms)),
+            ("baseline", self.baseline or "none"),
+            ("invocations", ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) or "none"),
+            ("equivalence margin", f"±{100 * self.margin:g} %"),
+        ]
+        rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in facts)
+        return Html(f"<style>{CSS}</style><table class='benchlib-facts'>{rows}</table>{self._problems_html()}")
+
+    def _problems_html(self) -> str:
+        if not self.problems:
+            return ""
+        items = "".join(f"<li>{html.escape(problem)}</li>" for problem in self.problems)
+        return f"<div class='benchlib-problems'><strong>Problems with this run</strong><ul>{items}</ul></div>"
+
+    def verdict(self) -> Html:
+        paragraphs = "".join(f"<p>{html.escape(text)}</p>" for text in self.headline())
+        return Html(f"<div class='benchlib-verdict'>{paragraphs}</div>")
+
+    def env_table(self) -> Html:
+        """The fingerprint differences, known mechanisms first."""
+        if len(self.arms) < 2:
+            return Html("<p class='benchlib-note'>One arm: there is no other fingerprint to compare with.</p>")
+        if self.env_diff.empty:
+            return Html("<p class='benchlib-note'>The arms' fingerprints do not differ (noise keys such as "
+                        "timestamps, pids and free memory are ignored).</p>")
+        frame = self.env_diff.drop(columns=["differs"]).rename(
+            columns={"mechanism": "known mechanism", "why": "why it matters", "varies_in": "varies within"})
+        return Html(figures.html_table(frame.fillna("")))
+
+    def decomposition_frame(self) -> pd.DataFrame:
+        """The decomposition as people read it: one row per case and metric, effects as overhead."""
+        rows = []
+        for (benchmark, case, metric), part in self.decomposition.groupby(stats.CASE_KEYS, sort=False):
+            by_effect = {row.effect: row for row in part.itertuples(index=False)}
+            record = {"case": f"{benchmark} {case}", "metric": metric}
+            for effect, title in DECOMPOSITION_TITLES.items():
+                record[title] = overhead_text(by_effect[effect]) if effect in by_effect else "—"
+            rows.append({**record, "reading": part["reading"].iloc[0]})
+        return pd.DataFrame(rows)
+
+    def decomposition_notes(self) -> list[str]:
+        """Which arms the decomposition uses, what it cannot compute and why, in sentences."""
+        if "native" not in self.roles:
+            return ["No decomposition: it needs a native arm (the host) to divide by."]
+        used = ", ".join(f"{role} = {arm}" for role, arm in self.roles.items())
+        others = [spec["name"] for spec in self.manifest.arms
+                  if role_of(spec) in self.roles and spec["name"] not in self.roles.values()]
+        notes = [f"Arms: {used}" + (f" (not used here: {', '.join(others)})." if others else ".")]
+        lacking = (missing_effects(self.roles), image_mismatch(self.manifest.arms, self.roles))
+        return notes + [note for note in lacking if note]
+
+    def decomposition_table(self) -> Html:
+        notes = "".join(f"<p class='benchlib-note'>{html.escape(note)}</p>" for note in self.decomposition_notes())
+        if self.decomposition.empty:
+            return Html(notes)
+        return Html(notes + figures.html_table(self.decomposition_frame()))
+
+    def decomposition_env(self, effect: str) -> Html:
+        """The fingerprint keys that differ between native and the arm of one effect ("isolation" or "stack")."""
+        role = {"isolation": "isolated", "stack": "rootfs"}[effect]
+        native, arm = self.roles.get("native"), self.roles.get(role)
+        if native is None or arm is None:
+            return Html(f"<p class='benchlib-note'>No {html.escape(role)} arm in this run: nothing to compare with native.</p>")
+        diff = envdiff.between(self.env_diff, arm, native)
+        if diff.empty:
+            return Html(f"<p class='benchlib-note'>The fingerprints of {html.escape(native)} and {html.escape(arm)} "
+                        "do not differ (noise keys such as timestamps and pids are ignored).</p>")
+        repeated = diff["mechanism"].notna() & diff["mechanism"].duplicated()
+        frame = diff.assign(why=diff["why"].mask(repeated, "")).rename(
+            columns={"mechanism": "known mechanism", "why": "why it matters"})
+        return Html(figures.html_table(frame.fillna("")))
+
+    def summary_table(self) -> Html:
+        if self.comparison.empty:
+            return Html("<p class='benchlib-note'>No comparison: see the problems at the top.</p>")
+        return Html(figures.html_table(self.summary_frame()))
+
+
+def _arm_description(spec: dict[str, Any]) -> str:
+    """``name (kind, engine, image, flags)`` from a manifest arm record."""
+    details = [spec.get("kind"), spec.get("engine"), spec.get("image"), " ".join(spec.get("run_flags") or [])]
+    env = spec.get("env") or {}
+    details += [f"{k}={v}" for k, v in env.items()]
+    if _raised(spec):
+        details.append("RAISED PRIVILEGES: see the problems")
+    return f"{spec.get('name')} ({', '.join(str(d) for d in details if d)})"
+
+
+def role_of(spec: dict[str, Any]) -> str | None:
+    """The decomposition role of a manifest's arm record: its kind (docs/architecture.md, "Arms")."""
+    kind = spec.get("kind")
+    return str(kind) if kind in stats.ROLES else None
+
+
+def decomposition_roles(arms: list[dict[str, Any]], baseline: str | None) -> dict[str, str]:
+    """Role -> arm name from the manifest's arms: per kind, the baseline if it is of that kind, else
+    the suite's first arm of it."""
+    roles: dict[str, str] = {}
+    for spec in arms:
+        role = role_of(spec)
+        if role is not None and (role not in roles or spec.get("name") == baseline):
+            roles[role] = str(spec.get("name"))
+    return {role: roles[role] for role in stats.ROLES if role in roles}
+
+
+def analyse(run_dir: str | Path | None = None, margin: float = 0.02, baseline: str | None = None) -> Analysis:
+    """Load, check and compare a run (default: :func:`default_run_dir`); see the module docstring."""
+    run_dir = Path(run_dir) if run_dir is not None else default_run_dir()
+    manifest = load_manifest(run_dir)
+    planned = [str(spec["name"]) for spec in manifest.arms]
+    chosen = baseline if baseline in planned else (planned[0] if planned else None)
+    arms = ([chosen] if chosen else []) + [arm for arm in planned if arm != chosen]
+    results, missing = read_results(run_dir, manifest)
+    telemetry = load_telemetry(run_dir).assign(run_id=manifest.run_id)  # the folder may have been renamed
+    comparison = _compare(results, telemetry, chosen, margin)
+    problems = (_arm_problems(manifest, arms, chosen, baseline, results)
+                + _invocation_problems(manifest, missing, run_dir)
+                + _case_problems(results, arms) + _stat_problems(comparison))
+    return Analysis(run_dir=run_dir, manifest=manifest, arms=arms, baseline=chosen, margin=margin, results=results,
+                    telemetry=telemetry, comparison=comparison, env_diff=envdiff.env_diff(load_envs(run_dir), arms),
+                    problems=problems)
+
+
+def _compare(results: pd.DataFrame, telemetry: pd.DataFrame, baseline: str | None,
+             margin: float) -> pd.DataFrame:
+    """stats.compare against the baseline (with telemetry, also without throttled samples).
+
+    Metrics the baseline has no successful sample of are left out: the run's problems already say why.
+    """
+    empty = pd.DataFrame(columns=stats.COMPARE_COLUMNS)
+    if baseline is None:
+        return empty
+    frame = results if telemetry.empty else stats.mark_throttled(results, telemetry)
+    method = stats.compare if telemetry.empty else stats.compare_with_without_throttled
+    base_ok = ok_rows(frame)
+    measured = set(map(tuple, base_ok.loc[base_ok["arm"] == baseline, ["benchmark", "metric"]].to_numpy().tolist()))
+    keep = [key in measured for key in zip(frame["benchmark"], frame["metric"])]
+    subset = frame[keep]
+    if subset.empty:
+        return empty
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return method(subset, baseline=baseline, margin=margin)
+

@@ -1,0 +1,137 @@
+"""Derived numbers of a run: pure functions of its DataFrames (results, telemetry), no wording.
+
+Energy per unit of work from the NVML energy counter (or power) over each invocation's window, the
+median rate as a fraction of the hardware ceiling, and which rows are performance metrics.
+"""
+from __future__ import annotations
+
+import json
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from . import ceilings, schema, stats
+
+__all__ = ["ENERGY_UNITS", "ceiling_fractions", "energy_per_work", "is_performance", "ok_rows"]
+
+#: work unit -> (scale, unit of energy per work) for energy per unit of work.
+ENERGY_UNITS = {"FLOP": (1e12, "J/TFLOP"), "B": (1e9, "J/GB"), "token": (1.0, "J/token")}
+
+
+def is_performance(unit: object) -> bool:
+    """A time in seconds (what samples are timed in) or a rate: what overhead is about. Correctness
+    metrics (rel_error) and diagnostics (counts, bytes, throttled microseconds) are not."""
+    return isinstance(unit, str) and (unit == "s" or unit.endswith("/s"))
+
+
+def ok_rows(results: pd.DataFrame) -> pd.DataFrame:
+    ok = results["status"].eq(schema.STATUS_OK).to_numpy(dtype=bool, na_value=False)
+    return results.loc[ok & np.isfinite(results["value"].to_numpy(dtype=float, na_value=np.nan))]
+
+
+def energy_per_work(results: pd.DataFrame, telemetry: pd.DataFrame) -> pd.DataFrame:
+    """GPU energy per unit of work, per invocation of each timed case with work.
+
+    The window of an invocation's case is [first sample start, last sample end]; its energy is the
+    energy counter's increase over it (interpolated between reads), or where the counter's reads
+    do not bracket the window, the mean power of the polls inside it (the nearest one when none
+    is) times its length; summed over GPUs. Columns: benchmark, case, metric, arm, invocation,
+    value (energy per unit of work), unit, energy_j, work. Empty without telemetry; NaN for an
+    invocation whose telemetry has neither energy nor power readings.
+    """
+    columns = ["benchmark", "case", "metric", "arm", "invocation", "value", "unit", "energy_j", "work"]
+    ok = ok_rows(results)
+    timed = ok[(ok["unit"] == "s") & ok["work"].notna() & (ok["work"] > 0)]
+    if telemetry.empty or timed.empty:
+        return pd.DataFrame(columns=columns)
+    keys = ["arm", "benchmark", "case", "invocation"]
+    windows = timed.groupby([*keys, "metric"], sort=False).agg(
+        start=("start_ns", "min"), end=("end_ns", "max"), work=("work", "sum"), work_unit=("work_unit", "first"),
+    ).reset_index()
+    polls = {key: part.sort_values("timestamp_ns") for key, part in telemetry.groupby(keys, sort=False)}
+    rows = []
+    for window in windows.itertuples(index=False):
+        part = polls.get((window.arm, window.benchmark, window.case, window.invocation))
+        joules = np.nan if part is None else _window_energy(part, window.start, window.end)
+        scale, unit = ENERGY_UNITS.get(str(window.work_unit), (1.0, f"J/{window.work_unit}"))
+        rows.append({"benchmark": window.benchmark, "case": window.case, "metric": window.metric, "arm": window.arm,
+                     "invocation": window.invocation, "value": joules / window.work * scale, "unit": unit,
+                     "energy_j": joules, "work": window.work})
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _window_energy(polls: pd.DataFrame, start: int, end: int) -> float:
+    """Joules spent by all GPUs in [start, end] (ns), from the polls of one invocation (sorted by time)."""
+    joules = [_gpu_energy(gpu, start, end) for _, gpu in polls.groupby("gpu_index")]
+    finite = [j for j in joules if np.isfinite(j)]
+    return float(sum(finite)) if finite else np.nan
+
+
+def _gpu_energy(gpu: pd.DataFrame, start: int, end: int) -> float:
+    """One GPU's joules in [start, end]: the energy counter interpolated at both ends when its reads
+    bracket the window, else mean power × length (the polls inside, or the one nearest its middle)."""
+    stamps = gpu["timestamp_ns"].to_numpy(dtype=np.int64)
+    # relative to the window's start: epoch nanoseconds as float64 would round to 256 ns
+    t, length = (stamps - start).astype(float), float(end - start)
+    counter = gpu["energy_mj"].to_numpy(dtype=float, na_value=np.nan)
+    read = np.isfinite(counter)
+    if read.sum() >= 2 and t[read][0] <= 0 and length <= t[read][-1]:
+        return float(np.interp(length, t[read], counter[read]) - np.interp(0.0, t[read], counter[read])) / 1e3
+    power = gpu["power_w"].to_numpy(dtype=float, na_value=np.nan)
+    valid = np.isfinite(power)
+    if not valid.any():
+        return np.nan
+    inside = valid & (t >= 0) & (t <= length)
+    watts = power[inside].mean() if inside.any() else power[valid][np.argmin(np.abs(t[valid] - length / 2))]
+    return float(watts) * length / 1e9
+
+
+def ceiling_fractions(results: pd.DataFrame) -> pd.DataFrame:
+    """Median rate per case and arm as a fraction of the hardware ceiling, where one is known.
+
+    The ceiling is the one measured in the run when ``benchlib.ceilings.measured_ceilings`` exists
+    and has one for the device (best matmul per dtype for FLOP/s, best copy for B/s: the ceiling
+    some arm reached), else the datasheet peak (``ceilings.spec_for``, by the case's dtype for
+    FLOP/s, memory bandwidth for B/s). Columns: benchmark, case, metric, arm, device, rate,
+    rate_unit, ceiling, source, fraction (NaN where no ceiling is known).
+    """
+    columns = ["benchmark", "case", "metric", "arm", "device", "rate", "rate_unit", "ceiling", "source", "fraction"]
+    ok = ok_rows(results)
+    timed = ok[(ok["unit"] == "s") & ok["work"].notna() & (ok["work"] > 0)]
+    if timed.empty:
+        return pd.DataFrame(columns=columns)
+    summary = stats.summarise(timed)
+    first = timed.drop_duplicates(stats.ARM_KEYS)[[*stats.ARM_KEYS, "work", "work_unit", "device", "params"]]
+    frame = summary[[*stats.ARM_KEYS, "median"]].merge(first, on=stats.ARM_KEYS)
+    measure: Callable[[pd.DataFrame], dict[str, dict]] | None = getattr(ceilings, "measured_ceilings", None)
+    measured = measure(results) if measure else {}
+    rows = []
+    for row in frame.itertuples(index=False):
+        rate_unit = f"{row.work_unit}/s"
+        dtype = str(json.loads(row.params or "{}").get("dtype", ""))
+        ceiling, source = _ceiling(str(row.device), rate_unit, dtype, measured)
+        rate = row.work / row.median
+        rows.append({"benchmark": row.benchmark, "case": row.case, "metric": row.metric, "arm": row.arm,
+                     "device": row.device, "rate": rate, "rate_unit": rate_unit, "ceiling": ceiling,
+                     "source": source, "fraction": rate / ceiling if ceiling else np.nan})
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _ceiling(device: str, rate_unit: str, dtype: str, measured: dict[str, dict]) -> tuple[float | None, str | None]:
+    """(ceiling in rate_unit, where it comes from) for one device, or (None, None)."""
+    best_matmul = measured.get("matmul_tflops", {}).get(device, {}).get(dtype)
+    best_copy = measured.get("copy_gbs", {}).get(device)
+    spec = ceilings.spec_for(device)
+    if rate_unit == "FLOP/s":
+        if best_matmul:
+            return best_matmul * 1e12, f"best {dtype} matmul measured in this run"
+        if spec and dtype in spec.tflops:
+            return spec.tflops[dtype] * 1e12, spec.source
+    if rate_unit == "B/s":
+        if best_copy:
+            return best_copy * 1e9, "best copy measured in this run"
+        if spec:
+            return spec.mem_bw_gbs * 1e9, spec.source
+    return None, None
+
