@@ -20,6 +20,10 @@
 #   * the local CPU torch wheel: every folder of $PIP_FIND_LINKS (here /opt/wheels, holding
 #     torch-2.13.0+cpu-cp311-...whl, as CI machines have it) bound read-only at the same path, with
 #     PIP_FIND_LINKS set to it. PyPI's default torch is a CUDA build of several GB.
+#   * where `--privileged` is refused (a sandbox whose bounding set lacks CAP_SYS_RESOURCE: runc says
+#     "unable to apply caps"), the fresh machine gets what a privileged container has but that one
+#     capability: every other capability, all devices, no seccomp/AppArmor/masked paths, its own
+#     cgroup namespace, and /sys and the cgroup hierarchies remounted read-write for its dockerd.
 # Environment: FRESH_IMAGE (benchlib-fresh:bookworm-minbase), FORCE=1 (rebuild it), DEBIAN_MIRROR,
 # KEEP=1 (leave the container and its state for inspection), FRESH_OUT (where the run's outputs and
 # report are copied; default $TMPDIR/benchlib-fresh-<stamp>).
@@ -96,8 +100,20 @@ for dir in ${PIP_FIND_LINKS:-}; do
 done
 [ "${#links[@]}" -eq 0 ] || env_args+=(-e "PIP_FIND_LINKS=${links[*]}")
 mkdir -p "$state/docker"
-docker run -d --privileged --name "$name" --hostname fresh-bookworm "${mounts[@]}" "${env_args[@]}" \
-    "$image" sleep infinity >/dev/null
+start=(docker run -d --name "$name" --hostname fresh-bookworm "${mounts[@]}" "${env_args[@]}")
+if ! "${start[@]}" --privileged "$image" sleep infinity >/dev/null 2>"$state/run.err"; then
+    # A sandbox without CAP_SYS_RESOURCE in its bounding set cannot start a privileged container
+    # ("unable to apply caps"): give the fresh machine everything else a privileged one has.
+    grep -q "apply caps" "$state/run.err" || { cat "$state/run.err" >&2; die "could not start the fresh machine (above)."; }
+    docker rm -f "$name" >/dev/null 2>&1 || true
+    say "--privileged is refused here ($(error_line "$state/run.err")); emulating it without CAP_SYS_RESOURCE."
+    "${start[@]}" --cap-add ALL --cap-drop SYS_RESOURCE --device-cgroup-rule 'a *:* rwm' \
+        --security-opt seccomp=unconfined --security-opt apparmor=unconfined --security-opt systempaths=unconfined \
+        --cgroupns private "$image" sleep infinity >/dev/null
+    docker exec "$name" sh -ec 'mount -o remount,rw /sys
+        for dir in /sys/fs/cgroup/*/; do mount -o remount,bind,rw "$dir"; done
+        [ -e /sys/fs/cgroup/cgroup.controllers ] && mount -o remount,rw /sys/fs/cgroup || true'
+fi
 say "started $name from $image ($(docker exec "$name" sh -c '. /etc/os-release; echo "$PRETTY_NAME"'); installed: $(docker exec "$name" sh -c 'dpkg-query -W -f "\${Package} " | wc -w') packages)."
 docker exec "$name" git clone --quiet --no-hardlinks /src /root/repo
 tested=$(docker exec "$name" git -C /root/repo rev-parse HEAD)
