@@ -42,7 +42,7 @@ fi
 
 docker_root=$(docker info --format '{{.DockerRootDir}}' 2>/dev/null || echo /var/lib/docker)
 # The base image is ~1.2 GB and the project image adds ~0.5 GB; the rootfs and wheel pass through $TMPDIR.
-need_space "$docker_root" 2500 "building the base image" "Docker's data-root"
+need_space "$docker_root" 2500 "building the images" "free space there ('docker system prune', 'docker image prune') or move Docker's data-root to a larger disk"
 workdir=$(mktemp -d "${TMPDIR:-/var/tmp}/benchlib-base.XXXXXX")
 cid=""
 cleanup() {
@@ -63,7 +63,7 @@ if [ "${FORCE:-0}" != 1 ] && have_image "$stage0"; then
 else
     is_root || die "building the base image needs root (debootstrap): run 'sudo make images' once (or this script as root), then retry."
     need_tools "the base image" debootstrap:debootstrap
-    need_space "$workdir" 1500 "debootstrap of $suite" TMPDIR
+    need_space "$workdir" 1500 "debootstrap of $suite"
     rootfs="$workdir/rootfs"
     t0=$SECONDS
     say "debootstrap $suite into $rootfs (about 1-3 min) ..."

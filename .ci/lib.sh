@@ -6,7 +6,7 @@
 #   apt_install WHY PACKAGE ...
 #                        the same for packages; "no network to the mirrors" and "disk full" get their
 #                        own sentence
-#   need_space DIR MB WHAT
+#   need_space DIR MB WHAT [FIX]
 #                        stop with one sentence when DIR's file system has less than MB free
 #   with_progress LABEL LOG COMMAND...
 #                        run a long, quiet command with its output in LOG, printing every
@@ -27,12 +27,12 @@ free_mb() {
     df -Pm "$dir" 2>/dev/null | awk 'NR == 2 {print $4}'
 }
 
-need_space() {
-    local dir=$1 need=$2 what=$3 have
+need_space() {  # need_space DIR MB WHAT [FIX]
+    local dir=$1 need=$2 what=$3 fix=${4:-free space there or point TMPDIR at a larger disk} have
     have=$(free_mb "$dir")
     [ -z "$have" ] && return 0
     if [ "$have" -lt "$need" ]; then
-        die "only $have MB are free on the disk holding $dir and $what needs about $need MB: free space there (e.g. 'docker system prune', or delete old outputs/) or point ${4:-TMPDIR} at a larger disk, then retry."
+        die "only $have MB are free on the disk holding $dir and $what needs about $need MB: $fix, then retry."
     fi
 }
 
@@ -81,7 +81,7 @@ apt_install() {
     if ! is_root; then
         die "$why needs $packages, which are not installed, and installing them needs root: run 'sudo apt-get install -y $packages' (or run this as root) and retry."
     fi
-    need_space /var/cache/apt/archives "${APT_NEED_MB:-300}" "apt-get install $packages" "APT's cache (/var/cache/apt)"
+    need_space /var/cache/apt/archives "${APT_NEED_MB:-300}" "apt-get install $packages" "free space there ('apt-get clean', 'docker system prune')"
     _apt_log=$(mktemp "${TMPDIR:-/tmp}/benchlib-apt.XXXXXX")
     lock=(-o "DPkg::Lock::Timeout=${APT_LOCK_TIMEOUT_S:-300}")
     export DEBIAN_FRONTEND=noninteractive

@@ -33,7 +33,7 @@ fi
 
 created=0
 if [ ! -x "$venv/bin/python" ]; then
-    need_space "$(dirname "$(realpath -m "$venv")")" 2500 "the venv (torch and the dependencies)" TMPDIR
+    need_space "$(dirname "$(realpath -m "$venv")")" 2500 "the venv (torch and the dependencies)" "free space there or set VENV to a folder on a larger disk"
     "$python" -m venv --system-site-packages "$venv"
     created=1
 fi
