@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 import tempfile
@@ -35,3 +36,19 @@ def test_container_arm_reaches_a_checkout_under_root(docker_image: str) -> None:
         assert probe["benchlib_from"] == str(home / "repo" / "benchlib")
     finally:
         shutil.rmtree(home, ignore_errors=True)
+
+
+def test_the_answer_line(tmp_path: Path) -> None:
+    """`benchlib run --report` ends with one line: each compared arm's headline, then each skipped arm
+    and why (the end-to-end case, with a real run and skipped arms, is in test_setup_bad_input.py)."""
+    from benchlib.cli import _answer
+
+    summary = tmp_path / "summary.json"
+    summary.write_text(json.dumps({"arms": ["native", "container"], "baseline": "native", "headline": [
+        "container vs native: no overhead beyond 2 % in 3 of 3 cases."]}))
+    skipped = [{"arm": "isolated", "why": "arm 'isolated': the isolated arm needs root; run benchlib as root."}]
+    assert _answer(summary, skipped) == (
+        "answer: container vs native: no overhead beyond 2 % in 3 of 3 cases. isolated vs native: not measured; "
+        "arm 'isolated': the isolated arm needs root; run benchlib as root.")
+    summary.write_text(json.dumps({"arms": ["native"], "baseline": None, "headline": ["Nothing to compare."]}))
+    assert _answer(summary, []) == "answer: one arm ran, so nothing was compared."
