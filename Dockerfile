@@ -53,11 +53,14 @@ RUN set -eux; \
     fi
 
 # 2. A non-root user (UID 1000) and a HOME that any UID can write (the runner passes --user UID:GID).
+#    /root may be passed through (0711, not listable): a checkout under the invoker's /root is mounted
+#    at its own path, and UID 1000 must reach it (root's usual /root is 0700).
 RUN set -eux; \
     getent group 1000 >/dev/null || groupadd --gid 1000 benchlib; \
     getent passwd 1000 >/dev/null || useradd --uid 1000 --gid 1000 --create-home --shell /bin/bash benchlib; \
     mkdir -p /home/benchlib /tmp/jupyter-runtime; \
-    chmod 1777 /home/benchlib /tmp/jupyter-runtime
+    chmod 1777 /home/benchlib /tmp/jupyter-runtime; \
+    chmod 0711 /root
 ENV HOME=/home/benchlib \
     JUPYTER_RUNTIME_DIR=/tmp/jupyter-runtime
 

@@ -13,29 +13,36 @@
 # outside the repo, `docker import` it as TAG-stage0 (~70 s), then install the torch wheel in a
 # throw-away container with the wheel bind-mounted read-only and `docker commit` the result as TAG
 # (one layer; neither the 190 MB wheel nor the host CA bundle end up in the image).
-# The torch wheel comes from $TORCH_WHEEL, else /opt/wheels, else `pip download torch==2.13.0`;
+# The torch wheel comes from $TORCH_WHEEL, else a torch-2.13.0+cpu-cp311 wheel in a folder of
+# $PIP_FIND_LINKS or /opt/wheels, else `pip download` from PyTorch's CPU index ($TORCH_INDEX_URL);
 # anything but a +cpu wheel is refused (a CUDA torch would pull GBs of nvidia-* packages).
 # Skips everything when `docker image inspect TAG` succeeds; FORCE=1 rebuilds.
+# Installs debootstrap with apt when it is missing (root); prints progress every 15 s while
+# debootstrap and `docker import` run; refuses with one sentence when the disk is too full.
 set -euo pipefail
+who=base-image
+# shellcheck source=lib.sh
+. "$(dirname "$0")/lib.sh"
 
 TORCH_VERSION=${TORCH_VERSION:-2.13.0}
 tag=${1:-${BENCHLIB_BASE_TAG:-benchlib-ci-base:bookworm-torch${TORCH_VERSION}}}
 stage0="${tag}-stage0"
 suite=${DEBIAN_SUITE:-bookworm}
 mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
-ca_bundle=${CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}
+ca_bundle=${CA_BUNDLE:-${PIP_CERT:-${SSL_CERT_FILE:-/etc/ssl/certs/ca-certificates.crt}}}
 
-die() { echo "base-image: $*" >&2; exit 1; }
-say() { echo "base-image: $*"; }
 have_image() { docker image inspect "$1" >/dev/null 2>&1; }
 
-docker info >/dev/null 2>&1 || die "the Docker engine does not answer: run .ci/docker-setup.sh first."
+docker info >/dev/null 2>&1 || die "the Docker engine does not answer: run .ci/docker-setup.sh (as root) first."
 
 if [ "${FORCE:-0}" != 1 ] && have_image "$tag"; then
     say "$tag is present; nothing to do (FORCE=1 rebuilds)."
     exit 0
 fi
 
+docker_root=$(docker info --format '{{.DockerRootDir}}' 2>/dev/null || echo /var/lib/docker)
+# The base image is ~1.2 GB and the project image adds ~0.5 GB; the rootfs and wheel pass through $TMPDIR.
+need_space "$docker_root" 2500 "building the images" "free space there ('docker system prune', 'docker image prune') or move Docker's data-root to a larger disk"
 workdir=$(mktemp -d "${TMPDIR:-/var/tmp}/benchlib-base.XXXXXX")
 cid=""
 cleanup() {
@@ -54,21 +61,29 @@ trap cleanup EXIT
 if [ "${FORCE:-0}" != 1 ] && have_image "$stage0"; then
     say "$stage0 is present; reusing it."
 else
-    [ "$(id -u)" = 0 ] || die "debootstrap needs root: run this script as root (CI does)."
-    command -v debootstrap >/dev/null 2>&1 || die "debootstrap is missing: apt-get install debootstrap."
+    is_root || die "building the base image needs root (debootstrap): run 'sudo make images' once (or this script as root), then retry."
+    need_tools "the base image" debootstrap:debootstrap
+    need_space "$workdir" 1500 "debootstrap of $suite"
     rootfs="$workdir/rootfs"
     t0=$SECONDS
-    say "debootstrap $suite into $rootfs ..."
-    debootstrap --variant=minbase --include=python3,python3-venv,python3-pip,ca-certificates \
-        "$suite" "$rootfs" "$mirror" >"$workdir/debootstrap.log" 2>&1 \
-        || { tail -n 20 "$workdir/debootstrap.log" >&2; die "debootstrap failed (log above): check access to $mirror."; }
+    say "debootstrap $suite into $rootfs (about 1-3 min) ..."
+    if ! with_progress debootstrap "$workdir/debootstrap.log" \
+            debootstrap --variant=minbase --include=python3,python3-venv,python3-pip,ca-certificates \
+            "$suite" "$rootfs" "$mirror"; then
+        tail -n 20 "$workdir/debootstrap.log" >&2
+        log=$workdir/debootstrap.log
+        grep -qiE 'no space left' "$log" && die "debootstrap ran out of disk space in $workdir: free space there or set TMPDIR to a larger disk, then retry."
+        grep -qE "$NETWORK_ERRORS|Couldn't download|Failure trying to run|Release signed by unknown key" "$log" \
+            && die "debootstrap could not download $suite from $mirror ($(error_line "$log" "$NETWORK_ERRORS|Couldn't download")): check the network or proxy, or set DEBIAN_MIRROR to a mirror you can reach, and retry."
+        die "debootstrap failed ($(error_line "$log")): see the log lines above."
+    fi
     # Smaller image: no package lists or downloaded .debs.
     rm -rf "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/cache/apt/archives/*.deb
-    say "importing $rootfs as $stage0 ..."
-    tar --numeric-owner -C "$rootfs" -c . | docker import \
-        --change 'ENV LANG=C.UTF-8' \
-        --change 'CMD ["/bin/bash"]' \
-        - "$stage0" >/dev/null
+    say "importing $rootfs ($(du -sm "$rootfs" | cut -f1) MB) as $stage0 ..."
+    with_progress "docker import" "$workdir/import.log" bash -o pipefail -c '
+        tar --numeric-owner -C "$1" -c . | docker import --change "ENV LANG=C.UTF-8" --change "CMD [\"/bin/bash\"]" - "$2"' \
+        import "$rootfs" "$stage0" \
+        || die "docker import of the rootfs failed ($(error_line "$workdir/import.log")); free space in Docker's data-root if it says so, and retry."
     rm -rf --one-file-system "$rootfs"
     say "stage 0 took $((SECONDS - t0))s."
 fi
@@ -78,14 +93,22 @@ ctx="$workdir/ctx"
 mkdir -p "$ctx"
 wheel=${TORCH_WHEEL:-}
 if [ -z "$wheel" ]; then
-    wheel=$(ls /opt/wheels/torch-"${TORCH_VERSION}"+cpu-*.whl 2>/dev/null | head -n 1 || true)
+    # A local wheel for the image's Python (bookworm: 3.11), from PIP_FIND_LINKS's folders or /opt/wheels.
+    for dir in ${PIP_FIND_LINKS:-} /opt/wheels; do
+        [ -d "$dir" ] || continue
+        wheel=$(ls "$dir"/torch-"${TORCH_VERSION}"+cpu-cp311-*.whl 2>/dev/null | head -n 1 || true)
+        [ -n "$wheel" ] && break
+    done
 fi
 if [ -n "$wheel" ]; then
     cp "$wheel" "$ctx/"
 else
-    say "downloading torch==$TORCH_VERSION (no local wheel) ..."
-    pip download "torch==${TORCH_VERSION}" --no-deps --only-binary :all: -d "$ctx" -q \
-        || die "pip could not download torch==$TORCH_VERSION: set TORCH_WHEEL to a local CPU wheel."
+    index=${TORCH_INDEX_URL:-https://download.pytorch.org/whl/cpu}
+    say "downloading torch==$TORCH_VERSION for Python 3.11 from $index (no local wheel) ..."
+    with_progress "pip download torch" "$workdir/pip-download.log" \
+        python3 -m pip download "torch==${TORCH_VERSION}" --no-deps --only-binary :all: \
+            --python-version 3.11 --platform manylinux_2_28_x86_64 --index-url "$index" -d "$ctx" \
+        || die "pip could not download torch==$TORCH_VERSION from $index ($(error_line "$workdir/pip-download.log")): set TORCH_WHEEL to a local torch-${TORCH_VERSION}+cpu-cp311 wheel or TORCH_INDEX_URL to a reachable index."
 fi
 wheel_name=$(cd "$ctx" && ls torch-*.whl | head -n 1)
 case "$wheel_name" in
@@ -103,12 +126,15 @@ cid=$(docker create -v "$ctx:/ctx:ro" -e TORCH_VERSION="$TORCH_VERSION" "$stage0
     echo "torch==${TORCH_VERSION}" > /etc/pip/constraint.txt
     python3 -m venv /opt/venv
     # numpy: NGC ships it and torch warns without it.
-    /opt/venv/bin/pip install -q -c /etc/pip/constraint.txt /ctx/torch-*.whl numpy
+    /opt/venv/bin/pip install --progress-bar off -c /etc/pip/constraint.txt /ctx/torch-*.whl numpy
     /opt/venv/bin/python -c "import torch; assert torch.__version__.split(\"+\")[0] == \"${TORCH_VERSION}\", torch.__version__"
     getent passwd 1000 >/dev/null || useradd --create-home --uid 1000 --user-group --shell /bin/bash ubuntu
     rm -rf /root/.cache /tmp/*
 ')
-docker start -a "$cid" || die "installing torch into $stage0 failed (output above)."
+with_progress "installing torch in $stage0" "$workdir/stage1.log" docker start -a "$cid" || {
+    tail -n 20 "$workdir/stage1.log" >&2
+    die "installing torch into $stage0 failed ($(error_line "$workdir/stage1.log")): see the lines above."
+}
 docker commit \
     --change 'ENV VIRTUAL_ENV=/opt/venv' \
     --change 'ENV PATH=/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \

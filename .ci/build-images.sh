@@ -22,6 +22,9 @@ step() {  # step NAME COMMAND...: run it, record its wall time
 }
 
 build_project() {
+    . .ci/lib.sh
+    who=build-images need_space "$(docker info --format '{{.DockerRootDir}}' 2>/dev/null || echo /var/lib/docker)" 1000 \
+        "building $image" "free space there ('docker system prune') or move Docker's data-root to a larger disk"
     # The host's CA bundle lets pip inside the build through a TLS-intercepting proxy (see Dockerfile).
     mkdir -p .ci/cache
     if [ -r "$ca_bundle" ]; then

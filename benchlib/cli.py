@@ -34,7 +34,22 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
         report = build_report(outcome.run_dir)
         print(f"report: {report.html}")
+        print(_answer(report.summary_json, outcome.manifest.skipped_arms))
     return 0 if outcome.ok else 1
+
+
+def _answer(summary_json: Path, skipped_arms: list[dict[str, str]]) -> str:
+    """The run's answer in one line: each compared arm's headline from the report's summary, then
+    each arm the preflight skipped and why (``container vs native: not measured; arm ...``)."""
+    import json
+
+    from .redact import redact_text
+
+    summary = json.loads(summary_json.read_text())
+    baseline = summary.get("baseline") or (summary.get("arms") or ["native"])[0]
+    parts = list(summary.get("headline") or []) if len(summary.get("arms") or []) > 1 else []
+    parts += [f"{item['arm']} vs {baseline}: not measured; {item['why']}" for item in skipped_arms]
+    return redact_text("answer: " + (" ".join(parts) if parts else "one arm ran, so nothing was compared."))
 
 
 def _resolve_resume(value: str, out_dir: Path) -> Path:
