@@ -184,6 +184,8 @@ def _write_invocations(folder: Path, manifest: Manifest, results: pd.DataFrame, 
         by_invocation[key].reset_index(drop=True).to_parquet(inv_dir / "results.parquet", index=False)
         polls = polls_by_invocation.get(key)
         if polls is not None:
+            # columns a synthetic poll does not model (memory, MIG) stay empty, as on a host without them
+            polls = polls.reindex(columns=list(schema.TELEMETRY_COLUMNS))
             schema.conform(polls, schema.TELEMETRY_COLUMNS).to_parquet(inv_dir / "telemetry.parquet", index=False)
         invocation.files = {name: _atomic.sha256_of(inv_dir / name)
                             for name in ("results.parquet", "telemetry.parquet") if (inv_dir / name).is_file()}
