@@ -23,7 +23,8 @@ files are written and checksummed. Before running anything a resume kills proces
 containers the killed run left, deletes leftover temporary files, and checks every complete
 invocation's files against the manifest's checksums: one whose files are missing or changed is run
 again, with a note saying why (rather than refusing: the run stays completable without hand edits).
-Two runners never write one run directory at once (a lock on it).
+Two runners never write one run directory at once (a lock on it); a dead or zombie writer never blocks
+a resume (:func:`benchlib._process.hold_exclusively`).
 """
 from __future__ import annotations
 
