@@ -107,6 +107,9 @@ def _start(options: RunOptions, log) -> RunOutcome:
     out_dir = Path(options.out).resolve()
     sequential = _sequential_design(options, suite, len(arms))
     ready, skipped = _preflight_all(arms, out_dir, has_gpu, options.skip_unavailable, log)
+    if sequential and len(ready) < 2:
+        raise PreflightError(f"only arm {ready[0][0].name} passed its preflight check, and a sequential run compares "
+                             "arms; make another arm available (see the messages above) or run without --until.")
     count = sequential["min_invocations"] if sequential else options.invocations or suite.invocations
     invocations = plan(suite, [arm for arm, _ in ready], count)
     host, commit = _host_facts(has_gpu), _git_commit()
