@@ -27,6 +27,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Callable, Iterator
@@ -134,20 +135,91 @@ def kill_marked(folder: Path) -> int:
     return len(killed)
 
 
+WRITER_LOCK = ".writer.lock"  # the run directory's second lock, taken over from a dead or zombie writer
+_STALE_LOCK_WAIT_S = 5.0
+
+
 @contextmanager
-def hold_exclusively(folder: Path, what: str) -> Iterator[None]:
+def hold_exclusively(folder: Path, what: str, stale_wait_s: float = _STALE_LOCK_WAIT_S) -> Iterator[None]:
     """Hold an exclusive lock on ``folder`` for the block (flock: the kernel drops it when the holder dies,
-    SIGKILL included, so a killed run never leaves a stale lock); one clear sentence when another holds it."""
+    SIGKILL included, so a killed run never leaves a stale lock); one clear sentence when another holds it.
+
+    A dead or zombie writer never blocks: the lock can outlive its writer's death (a killed process not
+    yet reaped whose threads are still exiting, or a process that inherited the descriptor). When every
+    holder /proc/locks names is gone or a zombie, the lock is waited for ``stale_wait_s`` seconds, then
+    taken over. Every writer also holds a flock on ``folder/.writer.lock``, so two writers that take over
+    a stale lock at once still exclude each other."""
     try:
         fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     except (FileNotFoundError, NotADirectoryError):
         raise BenchlibError(f"{what} {folder} does not exist or is not a folder.") from None
+    busy = BenchlibError(f"another benchlib process is writing {what} {folder}; wait for it to end "
+                         "(or stop it), then run `benchlib run --resume` again.")
+    writer = None
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise BenchlibError(f"another benchlib process is writing {what} {folder}; wait for it to end "
-                                "(or stop it), then run `benchlib run --resume` again.") from None
+        if not _flock_now(fd) and not (_held_by_dead_writers(fd) and _flock_within(fd, stale_wait_s, busy)):
+            raise busy from None
+        writer = os.open(Path(folder) / WRITER_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        if not _flock_now(writer):
+            raise busy from None
         yield
     finally:
+        if writer is not None:
+            os.close(writer)
         os.close(fd)
+
+
+def _flock_now(fd: int) -> bool:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def _flock_within(fd: int, seconds: float, busy: BenchlibError) -> bool:
+    """Wait up to ``seconds`` for a stale lock (its holders dead or zombies) to go; True either way, unless a
+    live holder appears meanwhile (then :class:`BenchlibError` ``busy``)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if _flock_now(fd):
+            return True
+        if not _held_by_dead_writers(fd):
+            raise busy from None
+        time.sleep(0.1)
+    return True  # taken over: the .writer.lock flock excludes other writers from here on
+
+
+def _held_by_dead_writers(fd: int) -> bool:
+    """Whether /proc/locks names holders of ``fd``'s file and every one is gone or a zombie (False when
+    it names none, or cannot be read: then the lock is treated as live)."""
+    holders = lock_holders(fd)
+    return bool(holders) and not any(_alive(pid) for pid in holders)
+
+
+def lock_holders(fd: int) -> list[int]:
+    """The process ids /proc/locks gives for the flock locks on ``fd``'s file (empty where unknown)."""
+    info = os.fstat(fd)
+    device = f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}:{info.st_ino}"
+    try:
+        lines = Path("/proc/locks").read_text().splitlines()
+    except OSError:
+        return []
+    holders = []
+    for line in lines:
+        fields = line.split()
+        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == device and fields[4].isdigit():
+            holders.append(int(fields[4]))
+    return holders
+
+
+def _alive(pid: int) -> bool:
+    """A process that runs (a pid of 0 or outside this namespace counts as alive: it cannot be checked)."""
+    if pid <= 0:
+        return True
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.AccessDenied:
+        return True

@@ -24,7 +24,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         raise BenchlibError(f"--lock-timeout must be a positive number of seconds, not {args.lock_timeout:g}.")
     options = RunOptions(suite=suite, arms=arms, invocations=args.invocations, out=Path(args.out),
                          resume=resume, skip_unavailable=args.skip_unavailable, progress=not args.no_progress,
-                         gpu_lock=args.gpu_lock, lock_timeout_s=args.lock_timeout)
+                         gpu_lock=args.gpu_lock, lock_timeout_s=args.lock_timeout,
+                         sequential=_sequential_flags(args))
     if resume is None:  # a resume names its run's suite itself
         print(f"suite {suite}" + (f", arms {args.arms}" if args.arms else ""), file=sys.stderr)
     outcome = run_suite(options, log=lambda message: print(message, file=sys.stderr))
@@ -50,6 +51,23 @@ def _answer(summary_json: Path, skipped_arms: list[dict[str, str]]) -> str:
     parts = list(summary.get("headline") or []) if len(summary.get("arms") or []) > 1 else []
     parts += [f"{item['arm']} vs {baseline}: not measured; {item['why']}" for item in skipped_arms]
     return redact_text("answer: " + (" ".join(parts) if parts else "one arm ran, so nothing was compared."))
+
+
+def _sequential_flags(args: argparse.Namespace):
+    """--until, --budget, --max-invocations validated together (None when --until is not given)."""
+    from .errors import ParamsError
+    from .sequential_options import sequential_options
+
+    given = [flag for flag, value in (("--until", args.until), ("--budget", args.budget),
+                                      ("--max-invocations", args.max_invocations)) if value is not None]
+    if given and args.resume:
+        raise ParamsError(f"{given[0]} cannot change a run being resumed: --resume continues with the design its "
+                          "manifest records; leave the flag out.")
+    if args.until is None:
+        if given:
+            raise ParamsError(f"{given[0]} applies to a sequential run only; add --until conclusive or leave it out.")
+        return None
+    return sequential_options(args.until, args.budget, args.max_invocations)
 
 
 def _resolve_resume(value: str, out_dir: Path) -> Path:
@@ -177,6 +195,14 @@ def build_parser() -> argparse.ArgumentParser:
                           "every file is validated before anything runs (exit 2, nothing written)")
     run.add_argument("--arms", help="comma-separated arm names (baseline first); default: the suite's arms")
     run.add_argument("--invocations", type=int, help="invocations per case and arm; default: the suite's")
+    run.add_argument("--until", metavar="GOAL",
+                     help="conclusive: after the minimum (3 invocations per arm and case), add interleaved rounds to the "
+                          "cases still open until every performance metric is decided, or the budget or cap is reached "
+                          "(default: the fixed design of --invocations)")
+    run.add_argument("--budget", metavar="DURATION",
+                     help="with --until: seconds of invocations the run may spend, e.g. 15m, 1h30m, 900")
+    run.add_argument("--max-invocations", metavar="N",
+                     help="with --until: the cap on invocations per arm and case (default 20)")
     run.add_argument("--out", default=str(paths.default_outputs()), help="outputs directory (default: outputs/)")
     run.add_argument("--resume", nargs="?", const="latest", metavar="RUN_DIR",
                      help="complete an interrupted run (default: the latest under --out)")

@@ -28,8 +28,8 @@ from .errors import BenchlibError
 __all__ = ["FormatError", "OLDEST", "PARQUET_KEY", "VERSIONS", "VERSION_KEY", "check", "parquet_metadata",
            "parquet_version", "read_json", "read_parquet", "stamped"]
 
-#: format -> the version this benchlib writes.
-VERSIONS: dict[str, int] = {"manifest": 1, "results": 1, "telemetry": 1, "env": 1, "summary": 1}
+#: format -> the version this benchlib writes (manifest 2: a sequential run's ``sequential`` and ``cases``).
+VERSIONS: dict[str, int] = {"manifest": 2, "results": 1, "telemetry": 1, "env": 1, "summary": 1}
 #: format -> the oldest version this benchlib still reads.
 OLDEST: dict[str, int] = {"manifest": 1, "results": 1, "telemetry": 1, "env": 1, "summary": 1}
 #: The key of the version in a JSON file.

@@ -9,6 +9,12 @@ changed, saying so in its ``notes``.
 Run statuses: ``running``, ``complete`` (every invocation complete), ``partial`` (the run ended with
 failed invocations), ``interrupted`` (stopped by a signal or an error; ``--resume`` completes it).
 
+A sequential run (``--until conclusive``) also records its design (``sequential``: method, alpha,
+margin, spending, minimum and cap of invocations per arm and case, budget) and, per case
+(``cases``), the invocations run, the planner's state (a stop reason once stopped: decided, budget,
+cap, cannot_converge, failed, context_only) with its detail, and each performance metric's decision
+and interval at the last look.
+
 Secrets are redacted on the way out (:mod:`benchlib.redact`): a resumed run takes a redacted arm
 ``env`` value from the environment again.
 """
@@ -86,6 +92,9 @@ class Manifest:
     status: str = RUNNING
     schema_version: int = SCHEMA_VERSION
     suite_file: str | None = None  # absolute path of the suite file, so --resume finds a suite given by path
+    # a sequential run (--until conclusive): its design (benchlib.sequential_run.design_record); None: fixed design
+    sequential: dict[str, Any] | None = None
+    cases: list[dict[str, Any]] = field(default_factory=list)  # sequential: per case, invocations run, why it stopped
 
     def save(self, run_dir: Path) -> Path:
         """Write manifest.json, secrets redacted (an arm's ``env`` entries named like secrets included)."""

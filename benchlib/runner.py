@@ -9,6 +9,13 @@ invocation, so ``--resume`` can pick up where an interrupted run stopped. What a
 (papermill's notebook and log above all) is redacted (:mod:`benchlib.redact`) before it is
 checksummed, and so is every message the runner prints.
 
+Sequential runs (``--until conclusive``, or the suite's ``until``): the plan is the minimum rounds;
+after them and after every added round :func:`benchlib.sequential_run.next_round` asks the planner
+which cases get another interleaved round (every arm of the case) and appends those invocations, until
+every case has stopped (decided, budget, cap, cannot converge, failed, context only). The manifest
+records the design (``sequential``) and per case the invocations run and why it stopped (``cases``);
+a resume continues with that design.
+
 Faults. A failed invocation (the kernel died, the suite's ``timeout_s`` ran out, a case failed
 inside the notebook, e.g. out of memory) is recorded as ``failed`` with its reason in the
 manifest's ``error`` and the suite goes on; :func:`describe` lists the failures and the CLI exits 1.
@@ -23,7 +30,8 @@ files are written and checksummed. Before running anything a resume kills proces
 containers the killed run left, deletes leftover temporary files, and checks every complete
 invocation's files against the manifest's checksums: one whose files are missing or changed is run
 again, with a note saying why (rather than refusing: the run stays completable without hand edits).
-Two runners never write one run directory at once (a lock on it).
+Two runners never write one run directory at once (a lock on it); a dead or zombie writer never blocks
+a resume (:func:`benchlib._process.hold_exclusively`).
 """
 from __future__ import annotations
 
@@ -41,13 +49,14 @@ import pandas as pd
 import yaml
 from tqdm.auto import tqdm
 
-from . import __version__, _atomic, _process, gpulock, layout, paths, redact, schema
+from . import __version__, _atomic, _process, gpulock, layout, paths, redact, schema, sequential_run
 from .arms import (Arm, LaunchSpec, arm_from_spec, launch_argv, launcher_for, prepare_run_dir, preflight,
                    select_arms, stop)
 from .device import host_gpu_count, host_gpu_names
 from .errors import BenchlibError, ParamsError, PreflightError
 from .manifest import COMPLETE, FAILED, INTERRUPTED, PARTIAL, PENDING, RUNNING, Invocation, Manifest
 from .layout import CHECKSUMMED, EXECUTED_NOTEBOOK, LOG_FILE, PARAMS_FILE, RESULTS_FILE
+from .sequential_options import SequentialOptions, check_budget_covers_minimum
 from .suites import Suite, load_suite, plan
 
 
@@ -64,6 +73,7 @@ class RunOptions:
     progress: bool = True
     gpu_lock: str = "wait"  # another run holds this host's GPU: wait, refuse or off (benchlib.gpulock)
     lock_timeout_s: float | None = None  # with wait: give up after this many seconds (None: no limit)
+    sequential: SequentialOptions | None = None  # --until conclusive (overrides the suite's); None: the suite's
 
 
 @dataclass
@@ -95,8 +105,13 @@ def _start(options: RunOptions, log) -> RunOutcome:
     arms = select_arms(suite.arms, options.arms, f"--arms (suite {suite.name})")
     has_gpu = host_gpu_count() > 0
     out_dir = Path(options.out).resolve()
+    sequential = _sequential_design(options, suite, len(arms))
     ready, skipped = _preflight_all(arms, out_dir, has_gpu, options.skip_unavailable, log)
-    invocations = plan(suite, [arm for arm, _ in ready], options.invocations or suite.invocations)
+    if sequential and len(ready) < 2:
+        raise PreflightError(f"only arm {ready[0][0].name} passed its preflight check, and a sequential run compares "
+                             "arms; make another arm available (see the messages above) or run without --until.")
+    count = sequential["min_invocations"] if sequential else options.invocations or suite.invocations
+    invocations = plan(suite, [arm for arm, _ in ready], count)
     host, commit = _host_facts(has_gpu), _git_commit()
     with _device_lock(options, f"suite {suite.name} (starting)", log) as lock:
         run_dir = layout.new_run_dir(out_dir, suite.name)
@@ -112,6 +127,7 @@ def _start(options: RunOptions, log) -> RunOutcome:
                 benchlib={"version": __version__, "commit": commit},
                 skipped_arms=skipped,
                 suite_file=str(suite.path.resolve()),
+                sequential=sequential,
             )
             try:
                 manifest.save(run_dir)
@@ -140,6 +156,25 @@ def _resume(run_dir: Path, options: RunOptions, log) -> RunOutcome:
             remaining = sum(1 for inv in manifest.invocations if inv.status != COMPLETE)
             log(f"resuming {run_dir}: {remaining} of {len(manifest.invocations)} invocations left")
             return _execute(run_dir, manifest, suite, arms, options, log)
+
+
+def _sequential_design(options: RunOptions, suite: Suite, arms: int) -> dict | None:
+    """The sequential design of a new run (the command line's over the suite's), checked before anything runs."""
+    chosen = options.sequential or suite.sequential
+    if chosen is None:
+        return None
+    where = "--until" if options.sequential else f"{suite.source}: key 'until'"
+    if options.invocations is not None:
+        raise ParamsError(f"--invocations sets a fixed design, and {where} a sequential one; give one of them "
+                          f"(the sequential minimum is {chosen.min_invocations} invocations, --max-invocations its cap).")
+    if arms < 2:
+        raise ParamsError(f"{where} compares arms, and this run has one; give at least two arms (--arms or the "
+                          "suite's arms).")
+    if chosen.budget_s is not None:
+        source = "--budget" if options.sequential else f"{suite.source}: key 'budget'"
+        check_budget_covers_minimum(chosen.budget_s, [case.estimate_s for case in suite.cases], arms,
+                                    chosen.min_invocations, source)
+    return sequential_run.design_record(chosen)
 
 
 def _device_lock(options: RunOptions, run: str, log) -> gpulock.DeviceLock:
@@ -227,18 +262,31 @@ def _execute(run_dir: Path, manifest: Manifest, suite: Suite, arms: list[Arm], o
     position = max((inv.ran_as for inv in manifest.invocations if inv.ran_as is not None), default=-1) + 1
     bar = tqdm(total=len(todo), desc=f"{manifest.run_id}", unit="inv", disable=not options.progress,
                file=sys.stderr, dynamic_ncols=True)
+    cache = sequential_run.ResultsCache(run_dir) if manifest.sequential else None
     try:
-        for index, invocation in enumerate(todo):
-            bar.set_postfix_str(invocation.label, refresh=True)
-            invocation.ran_as = position
-            position += 1
-            _run_one(run_dir, manifest, invocation, arms_by_name[invocation.arm], arm_envs[invocation.arm],
-                     suite.timeout_s)
-            bar.update(1)
-            if invocation.status == FAILED:
-                bar.write(f"failed: {invocation.label}: {invocation.error}", file=sys.stderr)
-            if suite.cooldown_s and index < len(todo) - 1:
-                time.sleep(suite.cooldown_s)  # a deliberate pause between invocations, not a measurement
+        first = True
+        while True:
+            for invocation in todo:
+                if suite.cooldown_s and not first:
+                    time.sleep(suite.cooldown_s)  # a deliberate pause between invocations, not a measurement
+                first = False
+                bar.set_postfix_str(invocation.label, refresh=True)
+                invocation.ran_as = position
+                position += 1
+                _run_one(run_dir, manifest, invocation, arms_by_name[invocation.arm], arm_envs[invocation.arm],
+                         suite.timeout_s)
+                bar.update(1)
+                if invocation.status == FAILED:
+                    bar.write(f"failed: {invocation.label}: {invocation.error}", file=sys.stderr)
+            # a sequential run: after each round, the planner says which cases get another one (none: done)
+            if cache is None:
+                break
+            todo = sequential_run.next_round(manifest, cache, suite.seed, suite.shuffle_arms)
+            manifest.save(run_dir)
+            if not todo:
+                break
+            bar.total += len(todo)
+            bar.refresh()
     except BaseException as exc:  # a signal (see run_suite) or an error: record it, say how to go on
         manifest.status = INTERRUPTED
         manifest.save(run_dir)
@@ -405,6 +453,9 @@ def describe(outcome: RunOutcome) -> str:
     counts = outcome.manifest.counts()
     parts = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
     lines = [f"run {outcome.manifest.run_id}: {parts}; results in {outcome.run_dir}"]
+    if outcome.manifest.sequential:
+        lines.append("per case, why it stopped:")
+        lines += sequential_run.describe_cases(outcome.manifest)
     failed = [inv for inv in outcome.manifest.invocations if inv.status == FAILED]
     if failed:
         lines.append(f"{len(failed)} of {len(outcome.manifest.invocations)} invocations failed:")

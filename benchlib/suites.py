@@ -26,6 +26,7 @@ from . import paths
 from .arms import Arm, arm_from_spec, launcher_for
 from .errors import ParamsError, PreflightError
 from .manifest import Invocation
+from .sequential_options import SequentialOptions, sequential_options
 from .params import case_name, error_sentence, key_name, read_yaml, validated_cases
 from .workloads import get_workload, registry
 
@@ -51,6 +52,10 @@ class _SuiteFile(BaseModel):
     shuffle_arms: bool = False  # shuffle the arm order within each round, with ``seed``
     seed: int = 42
     timeout_s: float = Field(1800.0, gt=0)  # per invocation
+    # a sequential run (benchlib.sequential_options parses them, naming the key in its errors)
+    until: Any = None  # conclusive: add rounds until every performance metric is decided
+    budget: Any = None  # a duration (15m, 1h30m, 900): the invocations' seconds a sequential run may spend
+    max_invocations: Any = None  # the cap on invocations per arm and case of a sequential run
 
 
 @dataclass(frozen=True)
@@ -74,6 +79,12 @@ class Suite:
     shuffle_arms: bool
     seed: int
     timeout_s: float
+    sequential: SequentialOptions | None = None  # the suite's until/budget/max_invocations; None: fixed design
+
+    @property
+    def source(self) -> str:
+        """The suite file as errors name it (relative to the repository when inside it)."""
+        return _display(self.path)
 
     def estimated_seconds(self, arms_count: int) -> float | None:
         """Wall time of the whole suite with ``arms_count`` arms: every case's estimate per invocation,
@@ -113,7 +124,19 @@ def load_suite(name_or_path: str) -> Suite:
             _check_unique(case, index, first_seen, source)
             cases.append(case)
     return Suite(path.stem, path, spec.description, spec.invocations, arms, cases,
-                 spec.cooldown_s, spec.shuffle_arms, spec.seed, spec.timeout_s)
+                 spec.cooldown_s, spec.shuffle_arms, spec.seed, spec.timeout_s, _sequential(spec, source))
+
+
+def _sequential(spec: _SuiteFile, source: str) -> SequentialOptions | None:
+    """The suite's sequential design: None without ``until``; ``budget`` or ``max_invocations`` alone is an error."""
+    where = {key: f"{source}: key {key!r}" for key in ("until", "budget", "max_invocations")}
+    if spec.until is None:
+        for key in ("budget", "max_invocations"):
+            if getattr(spec, key) is not None:
+                raise ParamsError(f"{where[key]} applies to a sequential run only; add until: conclusive to the suite "
+                                  "or remove the key.")
+        return None
+    return sequential_options(spec.until, spec.budget, spec.max_invocations, sources=where)
 
 
 def _arms(specs: list[Any], source: str) -> list[Arm]:

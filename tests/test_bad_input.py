@@ -107,6 +107,22 @@ CASES = {
     "arm-engine-mismatch": (None, f"arms: [{{name: c, kind: container, engine: runc, image: x}}]\n"
                                   f"benchmarks:\n  - {GOOD}\n", "suite",
                             "key 'arms[0].engine' must be one of docker, podman, apptainer for a container arm", ()),
+    # suite files: a sequential run (until, budget, max_invocations)
+    "until-unknown": (None, f"until: forever\nbenchmarks:\n  - {GOOD}\n", "suite",
+                      "key 'until' must be conclusive, not 'forever'", ()),
+    "budget-zero": (None, f"until: conclusive\nbudget: 0\nbenchmarks:\n  - {GOOD}\n", "suite",
+                    "key 'budget' must be a positive duration such as 15m, 1h30m or 900 (seconds), not 0", ()),
+    "budget-unparseable": (None, f"until: conclusive\nbudget: 15 minutes\nbenchmarks:\n  - {GOOD}\n", "suite",
+                           "key 'budget' must be a positive duration", ()),
+    "max-invocations-below-minimum": (None, f"until: conclusive\nmax_invocations: 2\nbenchmarks:\n  - {GOOD}\n",
+                                      "suite", "key 'max_invocations' 2 is below the minimum of 3", ()),
+    "budget-without-until": (None, f"budget: 15m\nbenchmarks:\n  - {GOOD}\n", "suite",
+                             "key 'budget' applies to a sequential run only", ()),
+    "budget-below-the-minimum": (None, f"until: conclusive\nbudget: 20s\narms: [native, {{name: native-b, extends: native}}]\n"
+                                       "benchmarks:\n  - {benchmark: launch, params: smoke, estimate_s: 3.6}\n", "suite",
+                                 "key 'budget' 20s is too small for the minimum of 3 invocations per arm", ()),
+    "until-with-one-arm": (None, f"until: conclusive\nbenchmarks:\n  - {GOOD}\n", "suite",
+                           "key 'until' compares arms, and this run has one", ()),
     "cli-unknown-arm": (None, f"benchmarks:\n  - {GOOD}\n", "suite", "names unknown arm 'warp'", ("--arms", "native,warp")),
 }
 

@@ -97,13 +97,14 @@ def test_a_run_with_a_newer_manifest_is_refused_by_every_reader(tmp_path: Path):
     run_dir = tmp_path / SAMPLE.name
     shutil.copytree(SAMPLE, run_dir, ignore=shutil.ignore_patterns("*.ipynb", "*.log", "telemetry.parquet"))
     manifest = json.loads((run_dir / layout.MANIFEST_FILE).read_text())
-    (run_dir / layout.MANIFEST_FILE).write_text(json.dumps({**manifest, "schema_version": 2}))
-    with pytest.raises(FormatError, match="manifest format version 2, newer than"):
+    newer = formats.VERSIONS["manifest"] + 1
+    (run_dir / layout.MANIFEST_FILE).write_text(json.dumps({**manifest, "schema_version": newer}))
+    with pytest.raises(FormatError, match=f"manifest format version {newer}, newer than"):
         load_run(run_dir)
     done = run_cli("report", str(run_dir), "--docs", str(tmp_path / "docs"))
     assert done.returncode == 2
     (line,) = done.stderr.strip().splitlines()
-    assert line.startswith(f"error: {run_dir / layout.MANIFEST_FILE} is manifest format version 2, newer than")
+    assert line.startswith(f"error: {run_dir / layout.MANIFEST_FILE} is manifest format version {newer}, newer than")
     assert not (tmp_path / "docs").exists(), "nothing written"
 
 
