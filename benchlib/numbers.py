@@ -33,31 +33,42 @@ def ok_rows(results: pd.DataFrame) -> pd.DataFrame:
 def energy_per_work(results: pd.DataFrame, telemetry: pd.DataFrame) -> pd.DataFrame:
     """GPU energy per unit of work, per invocation of each timed case with work.
 
-    The window of an invocation's case is [first sample start, last sample end]; its energy is the
-    energy counter's increase over it (interpolated between reads), or where the counter's reads
-    do not bracket the window, the mean power of the polls inside it (the nearest one when none
-    is) times its length; summed over GPUs. Columns: benchmark, case, metric, arm, invocation,
-    value (energy per unit of work), unit, energy_j, work. Empty without telemetry; NaN for an
-    invocation whose telemetry has neither energy nor power readings.
+    Energy per unit of work is the mean power while the metric was measured divided by its rate
+    (``work / value``, the rate the report shows): per invocation, ``power_w * sum(value) /
+    sum(work)``. The window of an invocation's metric is [first sample start, last sample end];
+    its energy is the energy counter's increase over it (interpolated between reads), or where the
+    counter's reads do not bracket the window, the mean power of the polls inside it (the nearest
+    one when none is) times its length; summed over GPUs; ``power_w`` is that energy over the
+    window's length. Dividing the window's energy by the summed work instead would be wrong for a
+    metric whose sample spans more than its work: one ``tpot`` sample (work = 1 token) spans a
+    whole decode of output_len - 1 tokens. For back-to-back samples (``itl``, ``decode_step``,
+    matmul repeats) both give the same figure.
+
+    Columns: benchmark, case, metric, arm, invocation, value (energy per unit of work), unit,
+    energy_j (over the window), power_w, work (summed over the samples). Empty without telemetry;
+    NaN for an invocation whose telemetry has neither energy nor power readings.
     """
-    columns = ["benchmark", "case", "metric", "arm", "invocation", "value", "unit", "energy_j", "work"]
+    columns = ["benchmark", "case", "metric", "arm", "invocation", "value", "unit", "energy_j", "power_w", "work"]
     ok = ok_rows(results)
     timed = ok[(ok["unit"] == "s") & ok["work"].notna() & (ok["work"] > 0)]
     if telemetry.empty or timed.empty:
         return pd.DataFrame(columns=columns)
     keys = ["arm", "benchmark", "case", "invocation"]
     windows = timed.groupby([*keys, "metric"], sort=False).agg(
-        start=("start_ns", "min"), end=("end_ns", "max"), work=("work", "sum"), work_unit=("work_unit", "first"),
+        start=("start_ns", "min"), end=("end_ns", "max"), work=("work", "sum"), seconds=("value", "sum"),
+        work_unit=("work_unit", "first"),
     ).reset_index()
     polls = {key: part.sort_values("timestamp_ns") for key, part in telemetry.groupby(keys, sort=False)}
     rows = []
     for window in windows.itertuples(index=False):
         part = polls.get((window.arm, window.benchmark, window.case, window.invocation))
         joules = np.nan if part is None else _window_energy(part, window.start, window.end)
+        length_s = (window.end - window.start) / 1e9
+        watts = joules / length_s if length_s > 0 else np.nan
         scale, unit = ENERGY_UNITS.get(str(window.work_unit), (1.0, f"J/{window.work_unit}"))
         rows.append({"benchmark": window.benchmark, "case": window.case, "metric": window.metric, "arm": window.arm,
-                     "invocation": window.invocation, "value": joules / window.work * scale, "unit": unit,
-                     "energy_j": joules, "work": window.work})
+                     "invocation": window.invocation, "value": watts * window.seconds / window.work * scale,
+                     "unit": unit, "energy_j": joules, "power_w": watts, "work": window.work})
     return pd.DataFrame(rows, columns=columns)
 
 
