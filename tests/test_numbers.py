@@ -63,3 +63,34 @@ def test_joules_per_tflop_of_back_to_back_products():
 
 def test_no_telemetry_gives_an_empty_frame():
     assert energy_per_work(_decode(), pd.DataFrame()).empty
+
+
+def _products(device: str, rates_tflops: dict[str, float], benchmark: str = "matmul", unit: str = "FLOP") -> pd.DataFrame:
+    """Five samples per arm of one product of 1e12 work units at the given rates (TFLOP/s or TB/s)."""
+    rows = [{"arm": arm, "benchmark": benchmark, "case": "dtype=bf16", "invocation": 1, "metric": "time",
+             "run_id": "r", "status": "ok", "value": 1.0 / rate, "unit": "s", "work": 1e12, "work_unit": unit, "device": device,
+             "params": '{"dtype": "bf16"}', "start_ns": T0, "end_ns": T0 + 1}
+            for arm, rate in rates_tflops.items() for _ in range(5)]
+    return pd.DataFrame(rows)
+
+
+def test_the_fraction_divides_by_the_datasheet_and_the_best_measured_is_beside_it():
+    from benchlib.numbers import MEASURED_LABEL, ceiling_fractions
+
+    # H100 SXM bf16 dense: 989.4 TFLOP/s. The run's best (the container, 700) is shown, not divided by.
+    fractions = ceiling_fractions(_products("cuda:0 NVIDIA H100 80GB HBM3", {"native": 600.0, "docker": 700.0}))
+    by_arm = fractions.set_index("arm")
+    assert by_arm.loc["native", "fraction"] == pytest.approx(600.0 / 989.4)
+    assert by_arm.loc["docker", "fraction"] == pytest.approx(700.0 / 989.4)
+    assert (by_arm["source"] == "NVIDIA H100 SXM datasheet").all()
+    assert by_arm["measured"].tolist() == pytest.approx([700e12, 700e12])
+    assert set(by_arm["measured_label"]) == {MEASURED_LABEL}
+
+
+def test_an_unknown_gpu_and_host_link_bytes_get_no_fraction():
+    from benchlib.numbers import ceiling_fractions
+
+    unknown = ceiling_fractions(_products("cuda:0 NVIDIA GH200 999GB", {"native": 600.0}))
+    assert unknown["fraction"].isna().all() and unknown["source"].isna().all()
+    link = ceiling_fractions(_products("cuda:0 NVIDIA H100 80GB HBM3", {"native": 0.05}, "transfer", "B"))
+    assert link["fraction"].isna().all() and link["measured"].isna().all()
