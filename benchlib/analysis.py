@@ -19,6 +19,9 @@ import plotly.graph_objects as go
 
 from . import envdiff, figures, schema, stats
 from .arms import flag_privileges, launcher_for
+from .checks.baseline import bare_metal_findings
+from .checks.clocks import clock_fractions, stuck_clock_findings
+from .checks.memory import memory_by_arm, memory_findings
 from .figures import CSS, Html
 from .layout import RESULTS_FILE
 from .manifest import COMPLETE, FAILED, Invocation, Manifest
@@ -418,12 +421,27 @@ def analyse(run_dir: str | Path | None = None, margin: float = 0.02, baseline: s
     results, missing = read_results(run_dir, manifest)
     telemetry = load_telemetry(run_dir).assign(run_id=manifest.run_id)  # the folder may have been renamed
     comparison = _compare(results, telemetry, chosen, margin)
-    problems = (_arm_problems(manifest, arms, chosen, baseline, results)
+    envs = load_envs(run_dir)
+    problems = (_hardware_problems(manifest, results, telemetry, envs, chosen)
+                + _arm_problems(manifest, arms, chosen, baseline, results)
                 + _invocation_problems(manifest, missing, run_dir)
                 + _case_problems(results, arms) + _stat_problems(comparison))
     return Analysis(run_dir=run_dir, manifest=manifest, arms=arms, baseline=chosen, margin=margin, results=results,
-                    telemetry=telemetry, comparison=comparison, env_diff=envdiff.env_diff(load_envs(run_dir), arms),
+                    telemetry=telemetry, comparison=comparison, env_diff=envdiff.env_diff(envs, arms),
                     problems=problems)
+
+
+def _hardware_problems(manifest: Manifest, results: pd.DataFrame, telemetry: pd.DataFrame,
+                       envs: dict[tuple, dict[str, Any]], baseline: str | None) -> list[str]:
+    """What benchlib.checks finds: a baseline that is not bare metal (first: it qualifies every
+    verdict), a GPU clock stuck below its maximum under load in any arm, memory differences between arms."""
+    kinds = {str(spec.get("name")): str(spec.get("kind", "native")) for spec in manifest.arms}
+    found = bare_metal_findings(envs, baseline, kinds)
+    if not telemetry.empty:
+        found += stuck_clock_findings(clock_fractions(telemetry, envs))
+    found += memory_findings(memory_by_arm(results, telemetry, envs), baseline)
+    return [finding.message + (f" Look at: {'; '.join(finding.hints)}." if finding.severity == "problem" and finding.hints
+                               else "") for finding in found]
 
 
 def _compare(results: pd.DataFrame, telemetry: pd.DataFrame, baseline: str | None,
