@@ -56,6 +56,12 @@ table.benchlib-facts th, table.benchlib-facts td,
 div.benchlib-problems { border-left: 4px solid #d62728; background: #fdf1f1; padding: 8px 14px; margin: 10px 0; }
 div.benchlib-verdict { border-left: 4px solid #1f77b4; background: #f2f7fc; padding: 8px 14px; margin: 8px 0;
   font-size: 1.05em; line-height: 1.5; }
+div.benchlib-answer { border-left: 4px solid #1f77b4; background: #f2f7fc; padding: 6px 14px; margin: 6px 0;
+  line-height: 1.45; }
+div.benchlib-answer ul { margin: 2px 0 6px 0; } div.benchlib-answer p { margin: 4px 0; }
+div.benchlib-answer li.benchlib-slower strong, div.benchlib-answer li.benchlib-fails strong { color: #b00020; }
+div.benchlib-answer li.benchlib-same strong { color: #1b7f3b; }
+div.benchlib-answer code { font-size: 0.9em; overflow-wrap: anywhere; }
 div.benchlib-scroll { overflow-x: auto; max-width: 100%; }
 table.benchlib-table { border-collapse: collapse; font-size: 0.92em; margin: 6px 0; }
 table.benchlib-table th, table.benchlib-table td,
