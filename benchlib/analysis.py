@@ -19,13 +19,18 @@ import plotly.graph_objects as go
 
 from . import envdiff, figures, schema, stats
 from .arms import flag_privileges, launcher_for
+from .checks import Finding
+from .checks.baseline import CHECK as NOT_BARE_METAL, bare_metal_findings
+from .checks.clocks import clock_fractions, stuck_clock_findings
+from .checks.memory import memory_by_arm, memory_findings
 from .figures import CSS, Html
+from .findings import check_problems, context_findings, performance_rows
 from .layout import RESULTS_FILE
 from .manifest import COMPLETE, FAILED, Invocation, Manifest
 from .numbers import ceiling_fractions, energy_per_work, is_performance, ok_rows
 from .results import default_run_dir, load_envs, load_manifest, load_telemetry, read_results
-from .wording import (DECOMPOSITION_TITLES, FASTER_BAND, image_mismatch, missing_effects, named, overhead_text,
-                      ratio_text)
+from .wording import (DECOMPOSITION_TITLES, DOMINATED_SHARE, FASTER_BAND, group_answer, image_mismatch,
+                      missing_effects, named, overhead_text, ratio_text, untested)
 
 __all__ = ["FIGURES", "Analysis", "analyse", "decomposition_roles", "role_of"]
 
@@ -147,6 +152,7 @@ class Analysis:
     comparison: pd.DataFrame  # stats.compare (or compare_with_without_throttled) of every metric
     env_diff: pd.DataFrame
     problems: list[str]
+    hardware: list[Finding] = field(default_factory=list)  # benchlib.checks' findings (also in problems)
     _plotlyjs_sent: bool = field(default=False, init=False, repr=False)
 
     @property
@@ -161,8 +167,8 @@ class Analysis:
 
     @property
     def performance(self) -> pd.DataFrame:
-        """Comparison rows of times and rates (the overhead questions)."""
-        return self.comparison[self.comparison["unit"].map(is_performance).astype(bool)]
+        """Comparison rows of performance metrics (benchlib.metricspec roles): the overhead questions."""
+        return performance_rows(self.comparison)
 
     @property
     def devices(self) -> list[str]:
@@ -232,6 +238,70 @@ class Analysis:
         lead = "Likely cause" if codes.eq("overhead").any() else "Known differences"
         return f" {lead}: {'; '.join(causes)}; see the environment differences."
 
+    def failures(self, arm: str) -> dict[str, dict[str, str]]:
+        """benchmark -> case -> why, for the cases that have no successful result in ``arm`` but did run
+        (failed or skipped) while the baseline has results."""
+        results = self.results
+        ok = results["status"].eq(schema.STATUS_OK).to_numpy(dtype=bool, na_value=False)
+        good = set(map(tuple, results.loc[ok, ["arm", "benchmark", "case"]].to_numpy().tolist()))
+        out: dict[str, dict[str, str]] = {}
+        for row in results.loc[~ok & results["arm"].eq(arm).to_numpy()].drop_duplicates(["benchmark", "case"]).itertuples():
+            if (arm, row.benchmark, row.case) in good or (self.baseline, row.benchmark, row.case) not in good:
+                continue
+            why = str(row.note).split("; ")[0] if isinstance(row.note, str) and row.note else str(row.status)
+            out.setdefault(str(row.benchmark), {})[str(row.case)] = why[:160]
+        return out
+
+    def answer_parts(self) -> dict[str, Any]:
+        """The answer in sentences: per compared arm, one sentence per workload group (fails / slower by
+        X % [CI] / faster / same / not sure), how sure, the likely cause and the context that differs;
+        then what was not tested that could matter, each with the command that would test it."""
+        arms = []
+        for arm in (self.arms[1:] if self.baseline is not None else []):
+            rows = self.performance[self.performance["arm"] == arm]
+            failures = self.failures(arm)
+            groups = [group_answer(b, rows[rows["benchmark"] == b], failures.get(b, {}), self.margin)
+                      for b in dict.fromkeys([*rows["benchmark"], *failures])]
+            invocations = pd.concat([rows["n_inv_arm"], rows["n_inv_base"]]).astype(float)
+            low, high = (int(invocations.min()), int(invocations.max())) if len(invocations) else (0, 0)
+            sure = (f"How sure: each figure is a ratio of medians with its 95 % confidence interval (hierarchical "
+                    f"bootstrap over {low if low == high else f'{low}-{high}'} invocations per arm); "
+                    f"\"the same\" means the whole interval lies within ±{100 * self.margin:g} %.") if len(invocations) else ""
+            cause = self._cause_sentence(arm, rows["verdict_code"]).strip() if not rows.empty else ""
+            context = context_findings(self.results, str(self.baseline)) if not self.results.empty else pd.DataFrame()
+            differs = sorted(set(context[context["arm"] == arm]["text"])) if not context.empty else []
+            arms.append({"arm": arm, "baseline": self.baseline, "groups": groups, "sure": sure, "cause": cause,
+                         "context": differs})
+        shares = [c for c in ("throttled_share_arm", "throttled_share_base") if c in self.performance.columns]
+        performance = self.performance
+        dominated = (performance[(performance[shares].astype(float) > DOMINATED_SHARE).any(axis=1)]
+                     .drop_duplicates(["benchmark", "case"]) if shares else performance.iloc[0:0])
+        not_bare = any(finding.check == NOT_BARE_METAL for finding in self.hardware)
+        return {"arms": arms,
+                "untested": untested(self.roles, self.manifest.suite, self.arms, not_bare, dominated)}
+
+    def answer(self) -> Html:
+        """The first screen: the answer per arm and workload group, what was not tested, the problems."""
+        parts = self.answer_parts()
+        blocks = []
+        if not parts["arms"]:
+            blocks.append("<p>Nothing to compare: this run has one arm, so it cannot say what a container costs.</p>")
+        for item in parts["arms"]:
+            groups = "".join(f"<li class='benchlib-{outcome.replace(' ', '-')}'><strong>{html.escape(outcome)}</strong> — "
+                             f"{html.escape(text)}</li>" for outcome, text in item["groups"])
+            extra = [item["sure"], item["cause"]]
+            if item["context"]:
+                extra.append("Context that differs (not overhead): " + "; ".join(item["context"][:4])
+                             + (f"; and {len(item['context']) - 4} more" if len(item["context"]) > 4 else "") + ".")
+            notes = "".join(f"<p class='benchlib-note'>{html.escape(text)}</p>" for text in extra if text)
+            blocks.append(f"<p><strong>Does {html.escape(item['arm'])} cost performance against "
+                          f"{html.escape(str(item['baseline']))}?</strong></p><ul>{groups}</ul>{notes}")
+        if parts["untested"]:
+            items = "".join(f"<li>{html.escape(text)} <code>{html.escape(command)}</code></li>"
+                            for text, command in parts["untested"])
+            blocks.append(f"<p><strong>Not tested, and could matter:</strong></p><ul>{items}</ul>")
+        return Html(f"<style>{CSS}</style><div class='benchlib-answer'>{''.join(blocks)}</div>{self._problems_html()}")
+
     def short_verdict(self) -> str:
         """One line per compared arm, for the index of reports."""
         if self.baseline is None or len(self.arms) < 2:
@@ -296,7 +366,7 @@ class Analysis:
         return Html(fragment)
 
     def overview(self) -> Html:
-        """The run in a few facts, then its problems."""
+        """The run in a few facts (its problems are on the first screen, under :meth:`answer`)."""
         counts = self.manifest.counts()
         gpus = self.manifest.host.get("gpus") or []
         facts = [
@@ -309,7 +379,7 @@ class Analysis:
             ("equivalence margin", f"±{100 * self.margin:g} %"),
         ]
         rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in facts)
-        return Html(f"<style>{CSS}</style><table class='benchlib-facts'>{rows}</table>{self._problems_html()}")
+        return Html(f"<style>{CSS}</style><table class='benchlib-facts'>{rows}</table>")
 
     def _problems_html(self) -> str:
         if not self.problems:
@@ -418,12 +488,37 @@ def analyse(run_dir: str | Path | None = None, margin: float = 0.02, baseline: s
     results, missing = read_results(run_dir, manifest)
     telemetry = load_telemetry(run_dir).assign(run_id=manifest.run_id)  # the folder may have been renamed
     comparison = _compare(results, telemetry, chosen, margin)
-    problems = (_arm_problems(manifest, arms, chosen, baseline, results)
+    envs = load_envs(run_dir)
+    hardware = _hardware_findings(manifest, results, telemetry, envs, chosen)
+    problems = ([_finding_text(finding) for finding in hardware]
+                + _arm_problems(manifest, arms, chosen, baseline, results)
                 + _invocation_problems(manifest, missing, run_dir)
-                + _case_problems(results, arms) + _stat_problems(comparison))
+                + _case_problems(results, arms) + _check_problems(results) + _stat_problems(comparison))
     return Analysis(run_dir=run_dir, manifest=manifest, arms=arms, baseline=chosen, margin=margin, results=results,
-                    telemetry=telemetry, comparison=comparison, env_diff=envdiff.env_diff(load_envs(run_dir), arms),
-                    problems=problems)
+                    telemetry=telemetry, comparison=comparison, env_diff=envdiff.env_diff(envs, arms),
+                    problems=problems, hardware=hardware)
+
+
+def _hardware_findings(manifest: Manifest, results: pd.DataFrame, telemetry: pd.DataFrame,
+                       envs: dict[tuple, dict[str, Any]], baseline: str | None) -> list[Finding]:
+    """What benchlib.checks finds: a baseline that is not bare metal (first: it qualifies every
+    verdict), a GPU clock stuck below its maximum under load in any arm, memory differences between arms."""
+    kinds = {str(spec.get("name")): str(spec.get("kind", "native")) for spec in manifest.arms}
+    found = bare_metal_findings(envs, baseline, kinds)
+    if not telemetry.empty:
+        found += stuck_clock_findings(clock_fractions(telemetry, envs))
+    found += memory_findings(memory_by_arm(results, telemetry, envs), baseline)
+    return found
+
+
+def _finding_text(finding: Finding) -> str:
+    hints = f" Look at: {'; '.join(finding.hints)}." if finding.severity == "problem" and finding.hints else ""
+    return finding.message + hints
+
+
+def _check_problems(results: pd.DataFrame) -> list[str]:
+    """Correctness checks (benchlib.findings) that failed: a problem, never an overhead."""
+    return [str(text) for text in check_problems(results)["text"]] if not results.empty else []
 
 
 def _compare(results: pd.DataFrame, telemetry: pd.DataFrame, baseline: str | None,

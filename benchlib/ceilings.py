@@ -10,8 +10,8 @@ compute by its share of the SMs (the slice's SM count when the fingerprint has i
 slices out of 7), memory bandwidth by its share of the memory (the profile's GB out of the product's).
 
 Spec values are dense (no structured sparsity) vendor datasheet figures: leads, not truths; the
-workloads also measure ceilings in the same run (best matmul, best copy), which the analysis prefers
-when present.
+workloads also measure the best rates of the same run (best matmul, best copy), which the report
+shows beside the datasheet ceiling, labelled as measured, never as the denominator of a fraction.
 """
 from __future__ import annotations
 
@@ -153,7 +153,7 @@ def peak_mem_bw_gbs(device_name: str) -> float | None:
 
 
 def measured_ceilings(results: "pd.DataFrame") -> dict[str, dict]:
-    """Ceilings measured in the same run, which the analysis prefers to the datasheet.
+    """The best rates measured in the same run, shown beside the datasheet ceiling (not a ceiling).
 
     Returns ``{"copy_gbs": {device: GB/s}, "matmul_tflops": {device: {dtype: TFLOP/s}}}``: the
     best device-memory copy bandwidth (the ``membw`` workload's ``copy``, bytes read + written) and

@@ -56,6 +56,12 @@ table.benchlib-facts th, table.benchlib-facts td,
 div.benchlib-problems { border-left: 4px solid #d62728; background: #fdf1f1; padding: 8px 14px; margin: 10px 0; }
 div.benchlib-verdict { border-left: 4px solid #1f77b4; background: #f2f7fc; padding: 8px 14px; margin: 8px 0;
   font-size: 1.05em; line-height: 1.5; }
+div.benchlib-answer { border-left: 4px solid #1f77b4; background: #f2f7fc; padding: 6px 14px; margin: 6px 0;
+  line-height: 1.45; }
+div.benchlib-answer ul { margin: 2px 0 6px 0; } div.benchlib-answer p { margin: 4px 0; }
+div.benchlib-answer li.benchlib-slower strong, div.benchlib-answer li.benchlib-fails strong { color: #b00020; }
+div.benchlib-answer li.benchlib-same strong { color: #1b7f3b; }
+div.benchlib-answer code { font-size: 0.9em; overflow-wrap: anywhere; }
 div.benchlib-scroll { overflow-x: auto; max-width: 100%; }
 table.benchlib-table { border-collapse: collapse; font-size: 0.92em; margin: 6px 0; }
 table.benchlib-table th, table.benchlib-table td,
@@ -397,12 +403,14 @@ def energy(per_work: pd.DataFrame, arms: Sequence[str]) -> go.Figure:
 
 
 def ceilings(fractions: pd.DataFrame, arms: Sequence[str], devices: Sequence[str] = ()) -> go.Figure:
-    """Fraction (%) of the hardware ceiling reached per case and arm.
+    """Fraction (%) of the datasheet ceiling reached per case and arm, the best rate measured in the
+    run beside it (hover), labelled as measured.
 
-    ``fractions``: benchmark, case, metric, arm, rate, rate_unit, ceiling, source, fraction.
+    ``fractions``: benchmark, case, metric, arm, rate, rate_unit, ceiling, source, fraction, measured,
+    measured_label (:func:`benchlib.numbers.ceiling_fractions`).
     ``devices`` names the devices of the run, for the message when no ceiling is known.
     """
-    title = "Fraction of the hardware ceiling (median rate / ceiling)"
+    title = "Fraction of the datasheet ceiling (median rate / datasheet peak)"
     data = fractions[np.isfinite(fractions["fraction"].astype(float))] if not fractions.empty else fractions
     if data.empty:
         where = f" ({', '.join(devices)})" if devices else ""
@@ -411,16 +419,26 @@ def ceilings(fractions: pd.DataFrame, arms: Sequence[str], devices: Sequence[str
     colours = arm_colours(arms)
     for arm in [a for a in arms if a in set(data["arm"])]:
         part = data[data["arm"] == arm]
-        hover = [plain(f"{format_value(r, u)} of {format_value(c, u)} ({s})")
-                 for r, u, c, s in part[["rate", "rate_unit", "ceiling", "source"]].itertuples(index=False)]
+        hover = [plain(f"{format_value(r, u)} of {format_value(c, u)} ({s})"
+                       + (f"; {label}: {format_value(m, u)}" if label else ""))
+                 for r, u, c, s, m, label in part[["rate", "rate_unit", "ceiling", "source", "measured",
+                                                   "measured_label"]].itertuples(index=False)]
         fig.add_trace(go.Bar(
             x=[wrapped(case_label(b, c, m), 30) for b, c, m in part[["benchmark", "case", "metric"]].itertuples(index=False)],
             y=100 * part["fraction"], name=plain(arm), marker_color=colours[arm], customdata=hover,
             hovertemplate="%{x}<br>%{y:.1f} % — %{customdata}<extra></extra>",
         ))
-    fig.add_hline(y=100, line_dash="dot", line_color="#444")
+    best = data[np.isfinite(data["measured"].astype(float))].drop_duplicates(["benchmark", "case", "metric"])
+    if not best.empty:  # what the run reached, beside the datasheet peak: labelled, never the denominator
+        fig.add_trace(go.Scatter(
+            x=[wrapped(case_label(b, c, m), 30) for b, c, m in best[["benchmark", "case", "metric"]].itertuples(index=False)],
+            y=100 * best["measured"].astype(float) / best["ceiling"].astype(float), mode="markers",
+            name=plain(str(best["measured_label"].iloc[0])), marker={"symbol": "diamond", "size": 10, "color": "#222"},
+            hovertemplate="%{x}<br>%{y:.1f} % of the datasheet peak<extra>best measured in this run</extra>",
+        ))
+    fig.add_hline(y=100, line_dash="dot", line_color="#444", annotation_text="datasheet peak")
     fig.update_layout(template=TEMPLATE, title=title, barmode="group", height=420,
-                      yaxis={"title": "% of ceiling", "rangemode": "tozero"}, legend={"orientation": "h", "y": -0.2})
+                      yaxis={"title": "% of datasheet peak", "rangemode": "tozero"}, legend={"orientation": "h", "y": -0.2})
     return fig
 
 

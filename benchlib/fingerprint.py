@@ -84,6 +84,7 @@ def capture() -> dict[str, Any]:
             "gpus": _safe(_gpus, nvml) if nvml else nvml_status,
             "visible_devices": _safe(_visible_devices, nvml) if nvml else nvml_status,
             "cpu": _safe(_cpu),
+            "virtualization": _safe(_virtualization),
             "cgroup": _safe(_cgroup),
             "memory": _safe(_memory, torch),
             "shm": _safe(_shm),
@@ -544,6 +545,28 @@ def _cpu() -> dict[str, Any]:
         "scaling_governor": _read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor"),
         "vulnerabilities": vulnerabilities,
     }
+
+
+#: DMI vendor or product names of hypervisors (lower case, matched as words of sys_vendor + product_name).
+_VM_DMI = re.compile(r"\b(qemu|kvm|vmware|virtualbox|innotek|xen|bochs|parallels|amazon ec2|google compute engine|"
+                     r"openstack|firecracker|cloud hypervisor|virtual machine)\b", re.I)
+
+
+def _virtualization(cpuinfo: str = "/proc/cpuinfo", sys_root: str = "/sys") -> dict[str, Any]:
+    """Whether this machine is a virtual machine, and the evidence: the ``hypervisor`` CPU flag (set by
+    every x86 hypervisor), ``/sys/hypervisor/type`` (Xen) and the DMI vendor and product names."""
+    flags = _colon_fields(cpuinfo).get("flags", "").split()
+    dmi = " ".join(filter(None, (_read(f"{sys_root}/class/dmi/id/{name}")
+                                 for name in ("sys_vendor", "product_name"))))
+    hypervisor_type = _read(f"{sys_root}/hypervisor/type")
+    evidence = []
+    if "hypervisor" in flags:
+        evidence.append("the hypervisor flag is set in /proc/cpuinfo")
+    if hypervisor_type:
+        evidence.append(f"/sys/hypervisor/type is {hypervisor_type!r}")
+    if dmi and _VM_DMI.search(dmi):
+        evidence.append(f"DMI says {dmi!r}")
+    return {"vm": bool(evidence), "evidence": evidence, "dmi": dmi or None, "hypervisor_type": hypervisor_type}
 
 
 def _ranges(cpus: list[int]) -> str:

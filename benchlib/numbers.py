@@ -1,13 +1,11 @@
 """Derived numbers of a run: pure functions of its DataFrames (results, telemetry), no wording.
 
 Energy per unit of work from the NVML energy counter (or power) over each invocation's window, the
-median rate as a fraction of the hardware ceiling, and which rows are performance metrics.
+median rate as a fraction of the datasheet ceiling (with the best rate measured in the run beside it), and which rows are performance metrics.
 """
 from __future__ import annotations
 
 import json
-from typing import Callable
-
 import numpy as np
 import pandas as pd
 
@@ -33,31 +31,42 @@ def ok_rows(results: pd.DataFrame) -> pd.DataFrame:
 def energy_per_work(results: pd.DataFrame, telemetry: pd.DataFrame) -> pd.DataFrame:
     """GPU energy per unit of work, per invocation of each timed case with work.
 
-    The window of an invocation's case is [first sample start, last sample end]; its energy is the
-    energy counter's increase over it (interpolated between reads), or where the counter's reads
-    do not bracket the window, the mean power of the polls inside it (the nearest one when none
-    is) times its length; summed over GPUs. Columns: benchmark, case, metric, arm, invocation,
-    value (energy per unit of work), unit, energy_j, work. Empty without telemetry; NaN for an
-    invocation whose telemetry has neither energy nor power readings.
+    Energy per unit of work is the mean power while the metric was measured divided by its rate
+    (``work / value``, the rate the report shows): per invocation, ``power_w * sum(value) /
+    sum(work)``. The window of an invocation's metric is [first sample start, last sample end];
+    its energy is the energy counter's increase over it (interpolated between reads), or where the
+    counter's reads do not bracket the window, the mean power of the polls inside it (the nearest
+    one when none is) times its length; summed over GPUs; ``power_w`` is that energy over the
+    window's length. Dividing the window's energy by the summed work instead would be wrong for a
+    metric whose sample spans more than its work: one ``tpot`` sample (work = 1 token) spans a
+    whole decode of output_len - 1 tokens. For back-to-back samples (``itl``, ``decode_step``,
+    matmul repeats) both give the same figure.
+
+    Columns: benchmark, case, metric, arm, invocation, value (energy per unit of work), unit,
+    energy_j (over the window), power_w, work (summed over the samples). Empty without telemetry;
+    NaN for an invocation whose telemetry has neither energy nor power readings.
     """
-    columns = ["benchmark", "case", "metric", "arm", "invocation", "value", "unit", "energy_j", "work"]
+    columns = ["benchmark", "case", "metric", "arm", "invocation", "value", "unit", "energy_j", "power_w", "work"]
     ok = ok_rows(results)
     timed = ok[(ok["unit"] == "s") & ok["work"].notna() & (ok["work"] > 0)]
     if telemetry.empty or timed.empty:
         return pd.DataFrame(columns=columns)
     keys = ["arm", "benchmark", "case", "invocation"]
     windows = timed.groupby([*keys, "metric"], sort=False).agg(
-        start=("start_ns", "min"), end=("end_ns", "max"), work=("work", "sum"), work_unit=("work_unit", "first"),
+        start=("start_ns", "min"), end=("end_ns", "max"), work=("work", "sum"), seconds=("value", "sum"),
+        work_unit=("work_unit", "first"),
     ).reset_index()
     polls = {key: part.sort_values("timestamp_ns") for key, part in telemetry.groupby(keys, sort=False)}
     rows = []
     for window in windows.itertuples(index=False):
         part = polls.get((window.arm, window.benchmark, window.case, window.invocation))
         joules = np.nan if part is None else _window_energy(part, window.start, window.end)
+        length_s = (window.end - window.start) / 1e9
+        watts = joules / length_s if length_s > 0 else np.nan
         scale, unit = ENERGY_UNITS.get(str(window.work_unit), (1.0, f"J/{window.work_unit}"))
         rows.append({"benchmark": window.benchmark, "case": window.case, "metric": window.metric, "arm": window.arm,
-                     "invocation": window.invocation, "value": joules / window.work * scale, "unit": unit,
-                     "energy_j": joules, "work": window.work})
+                     "invocation": window.invocation, "value": watts * window.seconds / window.work * scale,
+                     "unit": unit, "energy_j": joules, "power_w": watts, "work": window.work})
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -87,16 +96,25 @@ def _gpu_energy(gpu: pd.DataFrame, start: int, end: int) -> float:
     return float(watts) * length / 1e9
 
 
-def ceiling_fractions(results: pd.DataFrame) -> pd.DataFrame:
-    """Median rate per case and arm as a fraction of the hardware ceiling, where one is known.
+#: Benchmarks whose bytes cross the host link (PCIe, C2C), not device memory: the datasheet table
+#: has no link bandwidth, so they get no B/s ceiling (device memory bandwidth would be the wrong one).
+HOST_LINK_BENCHMARKS = frozenset({"transfer"})
+MEASURED_LABEL = "best measured in this run (not a ceiling)"
 
-    The ceiling is the one measured in the run when ``benchlib.ceilings.measured_ceilings`` exists
-    and has one for the device (best matmul per dtype for FLOP/s, best copy for B/s: the ceiling
-    some arm reached), else the datasheet peak (``ceilings.spec_for``, by the case's dtype for
-    FLOP/s, memory bandwidth for B/s). Columns: benchmark, case, metric, arm, device, rate,
-    rate_unit, ceiling, source, fraction (NaN where no ceiling is known).
+
+def ceiling_fractions(results: pd.DataFrame) -> pd.DataFrame:
+    """Median rate per case and arm as a fraction of the datasheet ceiling, where one is known.
+
+    The ceiling is the datasheet peak only (``ceilings.spec_for``: by the case's dtype for FLOP/s,
+    device memory bandwidth for B/s; none for :data:`HOST_LINK_BENCHMARKS`). Beside it, labelled
+    as such, the best rate measured in this run on that device (``ceilings.measured_ceilings``:
+    best matmul per dtype, best device copy): what the run reached, never the denominator (a
+    fraction of the best figure of the same run is about 100 % by construction). Columns:
+    benchmark, case, metric, arm, device, rate, rate_unit, ceiling, source, fraction (NaN where no
+    datasheet ceiling is known), measured (NaN where the run measured none), measured_label.
     """
-    columns = ["benchmark", "case", "metric", "arm", "device", "rate", "rate_unit", "ceiling", "source", "fraction"]
+    columns = ["benchmark", "case", "metric", "arm", "device", "rate", "rate_unit", "ceiling", "source", "fraction",
+               "measured", "measured_label"]
     ok = ok_rows(results)
     timed = ok[(ok["unit"] == "s") & ok["work"].notna() & (ok["work"] > 0)]
     if timed.empty:
@@ -104,34 +122,38 @@ def ceiling_fractions(results: pd.DataFrame) -> pd.DataFrame:
     summary = stats.summarise(timed)
     first = timed.drop_duplicates(stats.ARM_KEYS)[[*stats.ARM_KEYS, "work", "work_unit", "device", "params"]]
     frame = summary[[*stats.ARM_KEYS, "median"]].merge(first, on=stats.ARM_KEYS)
-    measure: Callable[[pd.DataFrame], dict[str, dict]] | None = getattr(ceilings, "measured_ceilings", None)
-    measured = measure(results) if measure else {}
+    measured = ceilings.measured_ceilings(results)
     rows = []
     for row in frame.itertuples(index=False):
         rate_unit = f"{row.work_unit}/s"
         dtype = str(json.loads(row.params or "{}").get("dtype", ""))
-        ceiling, source = _ceiling(str(row.device), rate_unit, dtype, measured)
+        host_link = row.benchmark in HOST_LINK_BENCHMARKS
+        ceiling, source = (None, None) if host_link else _datasheet_ceiling(str(row.device), rate_unit, dtype)
+        best = None if host_link else _measured_ceiling(str(row.device), rate_unit, dtype, measured)
         rate = row.work / row.median
         rows.append({"benchmark": row.benchmark, "case": row.case, "metric": row.metric, "arm": row.arm,
                      "device": row.device, "rate": rate, "rate_unit": rate_unit, "ceiling": ceiling,
-                     "source": source, "fraction": rate / ceiling if ceiling else np.nan})
+                     "source": source, "fraction": rate / ceiling if ceiling else np.nan,
+                     "measured": best if best else np.nan, "measured_label": MEASURED_LABEL if best else None})
     return pd.DataFrame(rows, columns=columns)
 
 
-def _ceiling(device: str, rate_unit: str, dtype: str, measured: dict[str, dict]) -> tuple[float | None, str | None]:
-    """(ceiling in rate_unit, where it comes from) for one device, or (None, None)."""
-    best_matmul = measured.get("matmul_tflops", {}).get(device, {}).get(dtype)
-    best_copy = measured.get("copy_gbs", {}).get(device)
+def _datasheet_ceiling(device: str, rate_unit: str, dtype: str) -> tuple[float | None, str | None]:
+    """(datasheet ceiling in rate_unit, its source) for one device, or (None, None)."""
     spec = ceilings.spec_for(device)
-    if rate_unit == "FLOP/s":
-        if best_matmul:
-            return best_matmul * 1e12, f"best {dtype} matmul measured in this run"
-        if spec and dtype in spec.tflops:
-            return spec.tflops[dtype] * 1e12, spec.source
-    if rate_unit == "B/s":
-        if best_copy:
-            return best_copy * 1e9, "best copy measured in this run"
-        if spec:
-            return spec.mem_bw_gbs * 1e9, spec.source
+    if spec and rate_unit == "FLOP/s" and dtype in spec.tflops:
+        return spec.tflops[dtype] * 1e12, spec.source
+    if spec and rate_unit == "B/s":
+        return spec.mem_bw_gbs * 1e9, spec.source
     return None, None
 
+
+def _measured_ceiling(device: str, rate_unit: str, dtype: str, measured: dict[str, dict]) -> float | None:
+    """The best rate of its kind measured in this run on the device (rate_unit), or None."""
+    if rate_unit == "FLOP/s":
+        best = measured.get("matmul_tflops", {}).get(device, {}).get(dtype)
+        return best * 1e12 if best else None
+    if rate_unit == "B/s":
+        best = measured.get("copy_gbs", {}).get(device)
+        return best * 1e9 if best else None
+    return None

@@ -14,7 +14,8 @@ import pandas as pd
 from . import figures
 from .stats import EFFECTS, ROLES
 
-__all__ = ["BANDS", "DECOMPOSITION_TITLES", "FASTER_BAND", "band", "decomposition_reading", "image_mismatch",
+__all__ = ["BANDS", "DECOMPOSITION_TITLES", "DOMINATED_SHARE", "FASTER_BAND", "band", "decomposition_reading",
+           "group_answer", "image_mismatch", "untested",
            "missing_effects", "named", "overhead_text", "ratio_text", "verdict"]
 
 #: (upper bound of overhead, band) for the seed's verdict bands; overhead as a fraction.
@@ -178,3 +179,87 @@ def overhead_text(row: Any) -> str:
         return f"{100 * row.overhead:+.1f} % (no CI)"
     return f"{100 * row.overhead:+.1f} % [{100 * row.overhead_low:+.1f}, {100 * row.overhead_high:+.1f}]"
 
+
+
+# --------------------------------------------------------------------------- the answer first
+
+#: A case whose samples ran throttled more than this share in an arm is "dominated by throttling".
+DOMINATED_SHARE = 0.5
+
+
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}{'' if count == 1 else 's'}"
+
+
+def _throttled_share(row: Any) -> float:
+    shares = [getattr(row, column, np.nan) for column in ("throttled_share_arm", "throttled_share_base")]
+    finite = [float(share) for share in shares if share is not None and np.isfinite(float(share))]
+    return max(finite, default=0.0)
+
+
+def group_answer(benchmark: str, rows: pd.DataFrame, failures: dict[str, str], margin: float) -> tuple[str, str]:
+    """(outcome, sentence) for one workload group and one arm: ``fails``, ``slower``, ``faster``,
+    ``same`` or ``not sure``, and the sentence that says it with the interval (``rows``: the
+    performance comparison rows of that arm and benchmark; ``failures``: case -> why it failed)."""
+    codes = rows["verdict_code"] if not rows.empty else pd.Series(dtype=object)
+    slower = rows[codes.eq("overhead") & (rows["overhead"] > 0)].sort_values("overhead", ascending=False)
+    faster = rows[codes.eq("overhead") & (rows["overhead"] < 0)].sort_values("overhead")
+    same, unsure, too_few = int(codes.eq("equivalent").sum()), int(codes.eq("inconclusive").sum()), int(codes.eq("too_few").sum())
+    parts = []
+    if failures:
+        case, why = next(iter(failures.items()))
+        parts.append(f"{_plural(len(failures), 'case')} failed ({case}: {why})")
+
+    def slow_text(row: Any) -> str:
+        text = str(row.verdict).replace("overhead ", "slower by ", 1)
+        if _throttled_share(row) > DOMINATED_SHARE:
+            text += (f", but {100 * _throttled_share(row):.0f} % of its samples ran while the GPU was throttled "
+                     f"(without them: {getattr(row, 'verdict_unthrottled', 'not computed')})")
+        return text
+
+    if not slower.empty:
+        parts.append(f"{len(slower)} of {len(rows)} slower (" + named(slower, slow_text) + ")")
+    if not faster.empty:
+        parts.append(f"{len(faster)} of {len(rows)} faster (" + named(faster, lambda r: str(r.verdict)) + ")")
+    if same:
+        parts.append(f"{same} of {len(rows)} the same within ±{100 * margin:g} %")
+    if unsure:
+        parts.append(f"{unsure} of {len(rows)} not sure (the 95 % interval is wider than the ±{100 * margin:g} % "
+                     "margin: more invocations would settle it)")
+    if too_few:
+        parts.append(f"{too_few} with too few invocations for an interval")
+    if not parts:
+        parts.append("nothing measured in both arms")
+    outcome = ("fails" if failures else "slower" if not slower.empty else "faster" if not faster.empty
+               else "same" if same and same == len(rows) else "not sure")
+    return outcome, f"{benchmark}: {'; '.join(parts)}."
+
+
+def untested(roles: dict[str, str], suite: str, arms: list[str], baseline_not_bare: bool,
+             throttled: pd.DataFrame) -> list[tuple[str, str]]:
+    """(what was not tested and why it could matter, the command that would test it), in order:
+    no container arm, no software-stack (rootfs) arm, a baseline that is not bare metal, cases
+    dominated by throttling (``throttled``: comparison rows with the throttled shares)."""
+    run = f"benchlib run --suite {suite}"
+    items = []
+    if "container" not in roles:
+        items.append(("No container arm: the container itself was not run, so its cost was not measured.",
+                      f"{run} --arms {','.join(dict.fromkeys([*arms, 'container']))}"))
+    if "rootfs" not in roles:
+        items.append(("No software-stack arm: the image's own torch, CUDA and libraries (the likeliest cause of a "
+                      "large gap) were not run without the container's isolation.",
+                      "sudo .venv/bin/benchlib image export IMAGE ~/.cache/benchlib/rootfs/benchlib-latest && "
+                      f"{run} --arms {','.join(dict.fromkeys([*arms, 'rootfs']))}"))
+    if baseline_not_bare:
+        items.append(("The baseline is not bare metal (see the problems below): nothing here measures the "
+                      "container against the machine itself.", f"on the host itself, outside any container or VM: "
+                                                                   f"{run} --arms {','.join(arms)}"))
+    if not throttled.empty:
+        names = "; ".join(f"{figures.case_label(r.benchmark, r.case, r.metric)} ({100 * _throttled_share(r):.0f} %)"
+                          for r in throttled.head(NAMED_CASES).itertuples(index=False))
+        more = len(throttled) - min(len(throttled), NAMED_CASES)
+        items.append((f"Throttling dominates {_plural(len(throttled), 'case')}: most samples ran while the GPU was "
+                      f"throttled: {names}{f'; and {more} more' if more else ''}. Their verdict is about a "
+                      "throttled GPU.", f"with the GPU idle and cool, nothing else running on it: {run} "
+                                        f"--arms {','.join(arms)} --invocations 10"))
+    return items

@@ -181,3 +181,51 @@ def test_the_baseline_can_be_named_and_more_memory_left_is_not_worse() -> None:
     results = _results("cuda_free_at_end", {"native": [50 * GIB], "isolated": [70 * GIB]})
     (finding,) = memory_findings(memory_by_arm(results), baseline="native")
     assert not finding.values["worse"] and finding.hints == ()
+
+
+# --------------------------------------------------------------------------- baseline not bare metal
+
+BARE = {"container": {"detected": False, "engine": None, "evidence": []},
+        "virtualization": {"vm": False, "evidence": []}}
+IN_DOCKER = {"container": {"detected": True, "engine": "docker",
+                           "evidence": ["/.dockerenv", "pid 1 is 'process_api', not a host init"]}}  # the sample's
+IN_VM = {**BARE, "virtualization": {"vm": True, "evidence": ["the hypervisor flag is set in /proc/cpuinfo"]}}
+
+
+def _envs(native: dict, container: dict) -> dict:
+    return {("native", "matmul", "n=64", i): native for i in (1, 2)} | {("docker", "matmul", "n=64", 1): container}
+
+
+def test_a_native_baseline_inside_a_container_or_vm_is_a_problem() -> None:
+    from benchlib.checks.baseline import bare_metal_findings
+
+    kinds = {"native": "native", "docker": "docker"}
+    (docker,) = bare_metal_findings(_envs(IN_DOCKER, IN_DOCKER), "native", kinds)
+    assert docker.severity == "problem" and docker.arms == ("native",)
+    assert docker.message.startswith("native is not bare metal: the baseline native ran where a container (docker) "
+                                     "was detected: /.dockerenv; pid 1 is 'process_api', not a host init.")
+    (vm,) = bare_metal_findings(_envs(IN_VM, IN_DOCKER), "native", kinds)
+    assert "virtual machine: the hypervisor flag is set in /proc/cpuinfo" in vm.message
+    # red herrings: a bare-metal native with a containerised arm; a baseline meant to be a container
+    assert bare_metal_findings(_envs(BARE, IN_DOCKER), "native", kinds) == []
+    assert bare_metal_findings({("docker", "m", "c", 1): IN_DOCKER}, "docker", kinds) == []
+    assert bare_metal_findings({}, None) == []
+
+
+def test_the_fingerprint_reads_the_hypervisor_flag_and_dmi(tmp_path) -> None:
+    from benchlib.fingerprint import _virtualization
+
+    cpuinfo = tmp_path / "cpuinfo"
+    (tmp_path / "class/dmi/id").mkdir(parents=True)
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu vme sse2 avx\n")
+    assert _virtualization(str(cpuinfo), str(tmp_path)) == {"vm": False, "evidence": [], "dmi": None,
+                                                            "hypervisor_type": None}
+    (tmp_path / "class/dmi/id/sys_vendor").write_text("Dell Inc.\n")
+    (tmp_path / "class/dmi/id/product_name").write_text("PowerEdge XE9680\n")
+    assert not _virtualization(str(cpuinfo), str(tmp_path))["vm"]
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu vme sse2 hypervisor avx\n")
+    (tmp_path / "class/dmi/id/sys_vendor").write_text("QEMU\n")
+    (tmp_path / "class/dmi/id/product_name").write_text("Standard PC (Q35 + ICH9, 2009)\n")
+    found = _virtualization(str(cpuinfo), str(tmp_path))
+    assert found["vm"] and found["evidence"] == ["the hypervisor flag is set in /proc/cpuinfo",
+                                                 "DMI says 'QEMU Standard PC (Q35 + ICH9, 2009)'"]

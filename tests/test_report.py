@@ -220,10 +220,11 @@ def test_gpu_telemetry_gives_energy_per_work_ceilings_and_throttle_notes(tmp_pat
     analysis = analyse(built.run_dir)
     results = analysis.results[(analysis.results["metric"] == "time") & (analysis.results["status"] == "ok")]
     windows = results.groupby(["arm", "case", "invocation"]).agg(start=("start_ns", "min"), end=("end_ns", "max"),
-                                                                 work=("work", "sum"))
-    seconds = (windows["end"] - windows["start"]).to_numpy(np.int64) / 1e9  # before any float: epoch ns
+                                                                 work=("work", "sum"), timed=("value", "sum"))
     watts = windows.index.get_level_values("arm").map(WATTS).to_numpy(float)
-    expected = pd.Series(watts * seconds / windows["work"].to_numpy(float) * 1e12, index=windows.index)
+    # mean power ÷ rate: watts × timed seconds / work (tests/test_numbers.py has the hand-computed cases)
+    expected = pd.Series(watts * windows["timed"].to_numpy(float) / windows["work"].to_numpy(float) * 1e12,
+                         index=windows.index)
     energy = analysis.energy.set_index(["arm", "case", "invocation"])["value"].sort_index()
     assert set(analysis.energy["unit"]) == {"J/TFLOP"}
     assert list(energy.index) == list(expected.sort_index().index)

@@ -5,7 +5,7 @@ and :func:`benchlib.load_envs` give and return :class:`Finding` records; they re
 nothing. :mod:`.clocks`: a GPU clock far below its maximum under load, in any arm (a slow native and a
 slow container give a ratio near 1, so the comparison alone cannot show it). :mod:`.memory`: memory
 differences between arms (peak use of the process tree, what the host and CUDA say is free, the KV
-cache an engine-style sizing got).
+cache an engine-style sizing got). :mod:`.baseline`: a "native" baseline that is itself a container or a VM.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ FINDING_COLUMNS = ["check", "severity", "benchmark", "case", "arms", "message", 
 class Finding:
     """One thing the report names at its top: what was seen, in which arms, and what to look at."""
 
-    check: str  # "stuck_clock" | "memory"
+    check: str  # "stuck_clock" | "memory" | "baseline_not_bare_metal"
     severity: str  # "problem": the measurement itself is compromised; "difference": arms differ
     benchmark: str
     case: str
