@@ -525,11 +525,15 @@ def _compare(results: pd.DataFrame, telemetry: pd.DataFrame, baseline: str | Non
              margin: float) -> pd.DataFrame:
     """stats.compare against the baseline (with telemetry, also without throttled samples).
 
-    Metrics the baseline has no successful sample of are left out: the run's problems already say why.
+    Only performance metrics are compared (benchlib.metricspec roles): a context metric (thread counts,
+    sizes, totals) that differs is a finding (benchlib.findings.context_findings), a failed check a
+    problem, never an overhead. Metrics the baseline has no successful sample of are left out: the run's
+    problems already say why.
     """
     empty = pd.DataFrame(columns=stats.COMPARE_COLUMNS)
     if baseline is None:
         return empty
+    results = performance_rows(results)
     frame = results if telemetry.empty else stats.mark_throttled(results, telemetry)
     method = stats.compare if telemetry.empty else stats.compare_with_without_throttled
     base_ok = ok_rows(frame)

@@ -39,6 +39,7 @@ from scipy import special, stats
 
 from .findings import format_value
 from .sequential import OPEN, TOO_FEW, Design, interval
+from .stats import deciding_half_width, deciding_half_width_range
 
 RANGE_CONFIDENCE = 0.90
 DETECTOR_ALPHA = 0.001
@@ -76,15 +77,8 @@ def _first_deciding(n: int, sigma: float, target: float, design: Design) -> int 
     return int(looks[deciding.argmax()]) if deciding.any() else None
 
 
-def _target(theta: float, delta: float) -> float:
-    return max(delta - abs(theta), abs(theta))
-
-
-def _target_range(low: float, high: float, delta: float) -> tuple[float, float]:
-    """(smallest, largest) h*(θ) for θ in [low, high]: h* is V-shaped with its minimum δ/2 at |θ| = δ/2."""
-    ends = [_target(low, delta), _target(high, delta)]
-    inside = [t for t in (-delta / 2, delta / 2) if low <= t <= high]
-    return (delta / 2 if inside else min(ends)), max(ends)
+_target = deciding_half_width
+_target_range = deciding_half_width_range
 
 
 def rounds_needed(log_ratios: ArrayLike, design: Design, confidence: float = RANGE_CONFIDENCE) -> Projection:

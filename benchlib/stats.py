@@ -56,7 +56,8 @@ __all__ = [
     "ALPHA", "ARM_KEYS", "BENIGN_CLOCK_EVENT_REASONS", "CASE_KEYS", "COMPARE_COLUMNS", "CONFIDENCE",
     "DECOMPOSE_COLUMNS", "EFFECTS", "HOLM_FAMILY", "INVOCATION_ID", "MIN_INVOCATIONS", "PERCENTILES",
     "ROLES", "SUMMARY_COLUMNS", "compare", "compare_with_without_throttled", "decompose",
-    "hierarchical_bootstrap", "holm", "mark_throttled", "overhead_from_ratio", "required_invocations",
+    "hierarchical_bootstrap", "holm", "mark_throttled", "overhead_from_ratio", "required_invocations", "required_invocations_range",
+    "deciding_half_width", "deciding_half_width_range",
     "summarise", "throttle_summary", "tost_welch"
 ]
 
@@ -276,17 +277,54 @@ def tost_welch(log_arm: ArrayLike, log_base: ArrayLike, margin: float) -> float:
     return float(max(stats.t.sf((diff + delta) / se, df), stats.t.cdf((diff - delta) / se, df)))
 
 
+def deciding_half_width(log_ratio: float, delta: float) -> float:
+    """h*(θ) = max(δ − |θ|, |θ|): the half-width (log scale) an interval around a true log ratio θ must
+    reach to decide: inside the band (±δ) when |θ| < δ/2, clear of 0 otherwise. V-shaped, least (δ/2) at
+    |θ| = δ/2, where a decision is hardest."""
+    return max(delta - abs(log_ratio), abs(log_ratio))
+
+
+def deciding_half_width_range(low: float, high: float, delta: float) -> tuple[float, float]:
+    """(smallest, largest) h*(θ) for θ in [low, high]."""
+    ends = [deciding_half_width(low, delta), deciding_half_width(high, delta)]
+    inside = [t for t in (-delta / 2, delta / 2) if low <= t <= high]
+    return (delta / 2 if inside else min(ends)), max(ends)
+
+
 def required_invocations(
     sd_log_arm: float, sd_log_base: float, log_ratio: float, margin: float, current: int,
     confidence: float = CONFIDENCE,
 ) -> int:
-    """More invocations per arm for a conclusive answer: ``N = max(0, ceil(n) − current)`` with
-    ``n = (z·s·√2 / h)²``, ``s² = (sd_arm² + sd_base²)/2``, ``h = max(log(1 + margin), |log_ratio|)``,
+    """More invocations per arm for a conclusive answer if the ratio is what was measured:
+    ``N = max(0, ceil(n) − current)`` with ``n = (z·s·√2 / h*)²``, ``s² = (sd_arm² + sd_base²)/2``,
+    ``h* = max(δ − |log_ratio|, |log_ratio|)`` (:func:`deciding_half_width`, ``δ = log(1 + margin)``),
     ``z = Φ⁻¹((1 + confidence)/2)``. sd are of log invocation medians."""
-    z = stats.norm.ppf((1 + confidence) / 2)
+    return _more(np.sqrt((sd_log_arm**2 + sd_log_base**2) / 2),
+                 deciding_half_width(log_ratio, np.log1p(margin)), current, confidence)
+
+
+def required_invocations_range(
+    sd_log_arm: float, sd_log_base: float, log_low: float, log_high: float, margin: float, n_arm: int,
+    n_base: int, confidence: float = CONFIDENCE, range_confidence: float = 0.90,
+) -> tuple[int, int]:
+    """(fewest, most) more invocations per arm over what the data allow: the true log ratio anywhere in
+    its interval [log_low, log_high] and the noise s within its chi-square bounds (``range_confidence``,
+    n_arm + n_base − 2 degrees of freedom). The point estimate alone assumes the measured ratio and
+    spread are the true ones; with few invocations either may be far off, and this range says how far."""
+    df = n_arm + n_base - 2
     s = np.sqrt((sd_log_arm**2 + sd_log_base**2) / 2)
-    h = max(np.log1p(margin), abs(log_ratio))
-    return max(0, int(np.ceil((z * s * np.sqrt(2) / h) ** 2)) - current)
+    if df < 1 or not np.isfinite(s) or not (np.isfinite(log_low) and np.isfinite(log_high)):
+        return 1, 1
+    tail = (1 - range_confidence) / 2
+    s_low, s_high = s * np.sqrt(df / stats.chi2.isf(tail, df)), s * np.sqrt(df / stats.chi2.ppf(tail, df))
+    smallest, largest = deciding_half_width_range(log_low, log_high, np.log1p(margin))
+    current = min(n_arm, n_base)
+    return (max(1, _more(s_low, largest, current, confidence)), max(1, _more(s_high, smallest, current, confidence)))
+
+
+def _more(s: float, half_width: float, current: int, confidence: float) -> int:
+    z = stats.norm.ppf((1 + confidence) / 2)
+    return max(0, int(np.ceil((z * s * np.sqrt(2) / half_width) ** 2)) - current)
 
 
 def _secondary_tests(arm: np.ndarray, base: np.ndarray, margin: float) -> tuple[float, float, float]:
@@ -364,8 +402,10 @@ def _verdict(row: Any, margin: float) -> tuple[str, str, str | None]:
         code, ends = "overhead", tuple(overhead_from_ratio([row.ci_low, row.ci_high], row.higher))
     else:
         code = "inconclusive"
-        more = required_invocations(row.sd_arm, row.sd_base, np.log(row.ratio), margin,
-                                    min(row.n_inv_arm, row.n_inv_base))
+        more = (required_invocations(row.sd_arm, row.sd_base, np.log(row.ratio), margin,
+                                     min(row.n_inv_arm, row.n_inv_base)),
+                *required_invocations_range(row.sd_arm, row.sd_base, np.log(row.ci_low), np.log(row.ci_high), margin,
+                                            int(row.n_inv_arm), int(row.n_inv_base)))
     return (code, *wording.verdict(code, row, margin, MIN_INVOCATIONS, more, ends))
 
 

@@ -93,10 +93,11 @@ def band(overhead: float) -> str:
     return next(text for bound, text in BANDS if overhead < bound)
 
 
-def verdict(code: str, row: Any, margin: float, min_invocations: int, more: int = 0,
+def verdict(code: str, row: Any, margin: float, min_invocations: int, more: int | tuple[int, int, int] = 0,
             ends: tuple[float, float] = (np.nan, np.nan)) -> tuple[str, str | None]:
     """(verdict, band) of one compare row (a namedtuple) given its verdict code: ``ends`` are the
-    overheads at the CI's ends, ``more`` the invocations an inconclusive row still needs."""
+    overheads at the CI's ends, ``more`` the invocations an inconclusive row still needs (a count, or
+    the point estimate with the fewest and most the data allow: stats.required_invocations_range)."""
     if code == "too_few":
         return (f"too few invocations for a confidence interval ({row.n_inv_base} {row.baseline}, "
                 f"{row.n_inv_arm} {row.arm}; need ≥ {min_invocations} each)", None)
@@ -111,7 +112,21 @@ def verdict(code: str, row: Any, margin: float, min_invocations: int, more: int 
             return f"faster by {-100 * row.overhead:.1f} % [{-high:.1f} %, {-low:.1f} %]", FASTER_BAND
         return f"overhead {100 * row.overhead:.1f} % [{low:.1f} %, {high:.1f} %]", band(row.overhead)
     # the data in hand did not settle it, so at least one more is needed whatever the approximation says
-    return f"inconclusive: about {max(more, 1)} more invocations needed in each arm", None
+    point, low, high = (more, None, None) if isinstance(more, (int, np.integer)) else more
+    point = max(int(point), 1)
+    if low is None or high is None or low == high == point:
+        return f"inconclusive: about {point} more invocations needed in each arm", None
+    low, high = min(low, point), max(high, point)
+    return (f"inconclusive: about {point} more invocations needed in each arm if the ratio is what was measured; "
+            f"{low}-{_count(high)} over the ratios the interval allows", None)
+
+
+def _count(n: int) -> str:
+    """A count of invocations, or "over 1000" past what any run would spend."""
+    return f"over {MANY_INVOCATIONS:,}" if n > MANY_INVOCATIONS else f"{n:,}"
+
+
+MANY_INVOCATIONS = 1000
 
 
 NAMED_CASES = 3  # cases named per verdict in the headline; the rest are counted

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from benchlib import engines
+from benchlib import arms
 from benchlib.arms import BUILTIN_ARMS
 from conftest import REPO
 from docker_fixtures import docker_engine, docker_image  # noqa: F401  (fixtures)
@@ -30,7 +30,7 @@ def test_container_arm_reaches_a_checkout_under_root(docker_image: str) -> None:
     try:
         shutil.copytree(REPO / "benchlib", home / "repo" / "benchlib")
         arm = dataclasses.replace(BUILTIN_ARMS["container"], image=docker_image)
-        facts = engines.preflight(arm, home / "repo", home / "repo" / "outputs", host_has_gpu=False)
+        facts = arms.preflight(arm, home / "repo", home / "repo" / "outputs", host_has_gpu=False)
         probe = facts["probe"]
         assert probe["uid"] == 1000 and probe["run_dir_writable"] and probe["repo_readable"], probe
         assert probe["benchlib_from"] == str(home / "repo" / "benchlib")

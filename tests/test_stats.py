@@ -112,10 +112,35 @@ def test_high_variance_small_n_is_inconclusive_with_positive_n():
 
 
 def test_required_invocations_formula():
-    # s = 0.05, h = log(1.02) (effect smaller): n = (1.959964·0.05·√2 / 0.0198026)² = 48.99 -> 49
-    assert stats.required_invocations(0.05, 0.05, 0.001, 0.02, 10) == 39
+    # s = 0.05, θ = 0.001 inside the band: h* = log(1.02) − 0.001 = 0.0188026,
+    # n = (1.959964·0.05·√2 / 0.0188026)² = 54.33 -> 55, have 10
+    assert stats.required_invocations(0.05, 0.05, 0.001, 0.02, 10) == 45
     # a 10 % effect needs fewer: h = log(1.1) -> n = 2.11 -> 3, already have 5
     assert stats.required_invocations(0.05, 0.05, np.log(1.1), 0.02, 5) == 0
+
+
+def test_required_invocations_range_covers_the_ratios_the_interval_allows():
+    """The eager-launch row of an H200 sequential run: ratio 1.293 [0.907, 1.473] after 6 invocations
+    per arm. The point estimate (the measured ratio is the truth) is 1 more; the interval also allows a
+    ratio at δ/2, where n = (z·s_high·√2 / (δ/2))² runs to thousands: the range says so."""
+    sd = 0.2
+    point = stats.required_invocations(sd, sd, np.log(1.293), 0.02, 6)
+    low, high = stats.required_invocations_range(sd, sd, np.log(0.907), np.log(1.473), 0.02, 6, 6)
+    assert point == 0 and low == 1 and high > 1000
+    # by hand, the high end: df = 10, s_high = 0.2·√(10 / χ²₀.₀₅(10) = 3.9403) = 0.31861, h = log(1.02)/2
+    s_high = 0.2 * np.sqrt(10 / 3.940299)
+    assert high == int(np.ceil((1.959964 * s_high * np.sqrt(2) / (np.log(1.02) / 2)) ** 2)) - 6
+    # an interval well clear of the band: the range is narrow and brackets the point estimate
+    point = stats.required_invocations(0.05, 0.05, np.log(1.10), 0.02, 10)
+    low, high = stats.required_invocations_range(0.05, 0.05, np.log(1.05), np.log(1.15), 0.02, 10, 10)
+    assert low <= max(point, 1) <= high < 10
+    # the verdict words carry both
+    from types import SimpleNamespace
+
+    from benchlib import wording
+    text, _ = wording.verdict("inconclusive", SimpleNamespace(), 0.02, 3, (1, 1, 2500))
+    assert text == ("inconclusive: about 1 more invocations needed in each arm if the ratio is what was "
+                    "measured; 1-over 1,000 over the ratios the interval allows")
 
 
 def test_holm_hand_worked():
@@ -244,7 +269,7 @@ def telemetry(stamps, reasons, clocks, **keys) -> pd.DataFrame:
         "timestamp_ns": stamps, "gpu_index": 0, "sm_clock_mhz": clocks, "mem_clock_mhz": 2619.0,
         "power_w": 300.0, "energy_mj": np.arange(n) * 1e3, "temperature_c": 60.0, "gpu_util_pct": 100.0,
         "mem_util_pct": 50.0, "mem_used_bytes": 1e9, "clock_event_reasons": reasons,
-    })
+    }).reindex(columns=list(TELEMETRY_COLUMNS))  # the memory and MIG columns stay empty
     frame = conform(frame, TELEMETRY_COLUMNS)
     return frame.assign(**keys)
 
