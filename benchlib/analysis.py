@@ -27,10 +27,10 @@ from .figures import CSS, Html
 from .findings import check_problems, context_findings, performance_rows
 from .layout import RESULTS_FILE
 from .manifest import COMPLETE, FAILED, Invocation, Manifest
-from .numbers import ceiling_fractions, energy_per_work, is_performance, ok_rows
+from .numbers import ceiling_fractions, energy_per_work, ok_rows
 from .results import default_run_dir, load_envs, load_manifest, load_telemetry, read_results
 from .wording import (DECOMPOSITION_TITLES, DOMINATED_SHARE, FASTER_BAND, group_answer, image_mismatch,
-                      missing_effects, named, overhead_text, ratio_text, untested)
+                      missing_effects, named, overhead_text, p_text, ratio_text, untested)
 
 __all__ = ["FIGURES", "Analysis", "analyse", "decomposition_roles", "role_of"]
 
@@ -193,8 +193,7 @@ class Analysis:
         arm, or without an isolated or rootfs arm (the total alone is the forest plot's container row)."""
         if "native" not in self.roles or not {"isolated", "rootfs"} & set(self.roles):
             return pd.DataFrame(columns=stats.DECOMPOSE_COLUMNS)
-        performance = self.results[self.results["unit"].map(is_performance).astype(bool)]
-        return stats.decompose(performance, **self.roles)
+        return stats.decompose(performance_rows(self.results), **self.roles)
 
     # ----------------------------------------------------------------- words
 
@@ -335,7 +334,7 @@ class Analysis:
                 "arm median": figures.format_value(row.median_arm, str(row.unit)),
                 "ratio [95 % CI]": ratio_text(row.ratio, row.ci_low, row.ci_high),
                 "verdict": row.verdict, "band": row.band if isinstance(row.band, str) else "",
-                "p TOST (Holm)": row.p_tost_holm, "p Welch (Holm)": row.p_welch_holm,
+                "p TOST (Holm)": p_text(row.p_tost_holm), "p Welch (Holm)": p_text(row.p_welch_holm),
             }
             if "verdict_unthrottled" in self.comparison.columns:
                 record["without throttled samples"] = row.verdict_unthrottled
@@ -349,7 +348,7 @@ class Analysis:
         builders: dict[str, Callable[[], go.Figure]] = {
             "forest": lambda: figures.forest(self.performance, self.margin),
             "distributions": lambda: figures.distributions(
-                ok_rows(self.results)[lambda f: f["unit"].map(is_performance).astype(bool)], self.arms),
+                performance_rows(ok_rows(self.results)), self.arms),
             "telemetry": lambda: figures.telemetry(self.telemetry, self.arms),
             "energy": lambda: figures.energy(self.energy, self.arms),
             "ceilings": lambda: figures.ceilings(self.ceilings, self.arms, self.devices),

@@ -16,7 +16,7 @@ from .stats import EFFECTS, ROLES
 
 __all__ = ["BANDS", "DECOMPOSITION_TITLES", "DOMINATED_SHARE", "FASTER_BAND", "band", "decomposition_reading",
            "group_answer", "image_mismatch", "untested",
-           "missing_effects", "named", "overhead_text", "ratio_text", "verdict"]
+           "missing_effects", "named", "overhead_text", "p_text", "ratio_text", "verdict"]
 
 #: (upper bound of overhead, band) for the seed's verdict bands; overhead as a fraction.
 BANDS: tuple[tuple[float, str], ...] = (
@@ -278,3 +278,11 @@ def untested(roles: dict[str, str], suite: str, arms: list[str], baseline_not_ba
                       "throttled GPU.", f"with the GPU idle and cool, nothing else running on it: {run} "
                                         f"--arms {','.join(arms)} --invocations 10"))
     return items
+
+
+def p_text(p: float) -> str:
+    """A p-value as read in a table: three significant digits, "< 1e-16" where it underflows to 0 (a
+    difference or an equivalence far beyond the noise), "—" where none was computed."""
+    if p is None or not np.isfinite(p):
+        return "—"
+    return "< 1e-16" if p < 1e-16 else f"{p:.3g}"

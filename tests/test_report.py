@@ -230,6 +230,34 @@ def test_the_report_builds_in_well_under_a_minute(two_arm: Built):
 # --------------------------------------------------------------------------- with GPU telemetry
 
 
+def test_a_clock_stuck_in_both_arms_is_a_problem_on_the_first_screen(tmp_path_factory: pytest.TempPathFactory):
+    """Planted: every loaded poll of both arms at 810 of 1980 MHz (a DGX Spark stuck at its power-delivery
+    floor), the fingerprints giving the maximum. The ratio is about 1, so without the check the verdict
+    would read "the container is not the problem"; the report's problems name the stuck clock for both
+    arms, with the reason the driver gave and its hint."""
+    from benchlib.layout import ENV_FILE
+
+    root = tmp_path_factory.getbasetemp() / "stuck-clock"
+    root.mkdir(parents=True, exist_ok=True)
+    run_dir = _copy_run(built_two_arm(tmp_path_factory.getbasetemp()).run_dir, root)
+    _plant_gpu_telemetry(run_dir)
+    for inv in Manifest.load(run_dir).invocations:
+        folder = run_dir / inv.rel_dir
+        telemetry = pd.read_parquet(folder / "telemetry.parquet")
+        telemetry = telemetry.assign(sm_clock_mhz=810.0, clock_event_reasons="hw_power_brake_slowdown")
+        telemetry.to_parquet(folder / "telemetry.parquet", index=False)
+        env = json.loads((folder / ENV_FILE).read_text())
+        env["gpus"] = [{"index": 0, "name": "NVIDIA H100 80GB HBM3", "max_sm_clock_mhz": 1980, "max_mem_clock_mhz": 2619}]
+        (folder / ENV_FILE).write_text(json.dumps(env))
+    analysis = analyse(run_dir)
+    stuck = [text for text in analysis.problems if "below 70% of its maximum clock under load in every arm" in text]
+    assert len(stuck) == len(analysis.results["case"].unique()), analysis.problems
+    assert "native 41% (810 of 1980 MHz), native-1thread 41% (810 of 1980 MHz)" in stuck[0]
+    assert "does not mean this GPU runs at its speed" in stuck[0] and "Look at: " in stuck[0]
+    first_screen = str(analysis.answer())
+    assert "below 70% of its maximum clock" in first_screen
+
+
 def test_gpu_telemetry_gives_energy_per_work_ceilings_and_throttle_notes(tmp_path_factory: pytest.TempPathFactory):
     built = built_gpu_like(tmp_path_factory.getbasetemp())
     analysis = analyse(built.run_dir)
