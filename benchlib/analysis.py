@@ -153,6 +153,7 @@ class Analysis:
     env_diff: pd.DataFrame
     problems: list[str]
     hardware: list[Finding] = field(default_factory=list)  # benchlib.checks' findings (also in problems)
+    envs: dict[tuple, dict[str, Any]] = field(default_factory=dict)  # results.load_envs: the fingerprints
     _plotlyjs_sent: bool = field(default=False, init=False, repr=False)
 
     @property
@@ -228,9 +229,13 @@ class Analysis:
         return f"{opening} {'; '.join(parts)}.{self._cause_sentence(arm, codes)}"
 
     def _cause_sentence(self, arm: str, codes: pd.Series) -> str:
-        """What differs in the fingerprints, when not every case is equivalent."""
+        """Why, when not every case is equivalent: for each slower or failed case, what differs and acts on
+        it (:meth:`case_cause`); otherwise the known differences between the fingerprints."""
         if codes.eq("equivalent").all():
             return ""
+        gaps = self._gaps(arm, self.performance[self.performance["arm"] == arm], self.failures(arm))
+        if gaps:
+            return " " + " ".join(filter(None, (self.case_cause(arm, benchmark, case) for benchmark, case in gaps)))
         causes = envdiff.likely_causes(self.env_diff, arm, str(self.baseline))
         if not causes:
             return " No known mechanism differs between the two fingerprints; see the environment differences."
@@ -251,6 +256,39 @@ class Analysis:
             out.setdefault(str(row.benchmark), {})[str(row.case)] = why[:160]
         return out
 
+    def _gaps(self, arm: str, rows: pd.DataFrame, failures: dict[str, dict[str, str]]) -> list[tuple[str, str]]:
+        """(benchmark, case) of each group's worst gap in ``arm``: its first failed case, else its most
+        slowed case beyond the margin."""
+        gaps = {benchmark: next(iter(cases)) for benchmark, cases in failures.items()}
+        slower = rows[rows["verdict_code"].eq("overhead") & (rows["overhead"] > 0)].sort_values("overhead", ascending=False)
+        for row in slower.itertuples(index=False):
+            gaps.setdefault(str(row.benchmark), str(row.case))
+        return list(gaps.items())
+
+    def case_cause(self, arm: str, benchmark: str, case: str) -> str:
+        """Why one case may be slower or fail in ``arm``, without an experiment: the differing mechanisms
+        that act on what the case is sensitive to (benchlib.diagnosis.blame); the others are named as
+        not acting on it, so a /dev/shm difference is never blamed for a GPU matrix product."""
+        from .diagnosis.blame import blame, case_sensitivity
+        from .diagnosis.mechanisms import fingerprint_pairs
+
+        found = fingerprint_pairs(self.envs, str(self.baseline), [arm], benchmark=benchmark, case=case).get(arm)
+        rows = self.results[(self.results["benchmark"] == benchmark) & (self.results["case"] == case)]
+        if found is None or rows.empty:
+            return ""
+        first = rows.iloc[0]
+        verdict = blame(found, case_sensitivity(benchmark, first["params"], str(first["device"])))
+        likely, _ = verdict.sentences(str(self.baseline), arm)
+        label = figures.case_label(benchmark, case)
+        if likely:
+            return f"Why {label}: {likely}."
+        kinds = " and ".join(sorted(verdict.classes)) or "it"
+        acting = [f"{difference.title}: {why}" for difference, why in verdict.also_differs if why.startswith("acts on")]
+        listed = "; ".join(acting[:2]) + (f"; and {len(acting) - 2} more" if len(acting) > 2 else "")
+        return (f"Why {label}: nothing that differs between the arms acts on {kinds}"
+                + (f" ({listed})" if listed else "") + ", so throttling, noise or an untested mechanism remain: "
+                "an experiment that changes one difference at a time would tell.")
+
     def answer_parts(self) -> dict[str, Any]:
         """The answer in sentences: per compared arm, one sentence per workload group (fails / slower by
         X % [CI] / faster / same / not sure), how sure, the likely cause and the context that differs;
@@ -266,7 +304,7 @@ class Analysis:
             sure = (f"How sure: each figure is a ratio of medians with its 95 % confidence interval (hierarchical "
                     f"bootstrap over {low if low == high else f'{low}-{high}'} invocations per arm); "
                     f"\"the same\" means the whole interval lies within ±{100 * self.margin:g} %.") if len(invocations) else ""
-            cause = self._cause_sentence(arm, rows["verdict_code"]).strip() if not rows.empty else ""
+            cause = " ".join(self.case_cause(arm, benchmark, case) for benchmark, case in self._gaps(arm, rows, failures))
             context = context_findings(self.results, str(self.baseline)) if not self.results.empty else pd.DataFrame()
             differs = sorted(set(context[context["arm"] == arm]["text"])) if not context.empty else []
             arms.append({"arm": arm, "baseline": self.baseline, "groups": groups, "sure": sure, "cause": cause,
@@ -495,7 +533,7 @@ def analyse(run_dir: str | Path | None = None, margin: float = 0.02, baseline: s
                 + _case_problems(results, arms) + _check_problems(results) + _stat_problems(comparison))
     return Analysis(run_dir=run_dir, manifest=manifest, arms=arms, baseline=chosen, margin=margin, results=results,
                     telemetry=telemetry, comparison=comparison, env_diff=envdiff.env_diff(envs, arms),
-                    problems=problems, hardware=hardware)
+                    problems=problems, hardware=hardware, envs=envs)
 
 
 def _hardware_findings(manifest: Manifest, results: pd.DataFrame, telemetry: pd.DataFrame,

@@ -118,7 +118,7 @@ def verdict(code: str, row: Any, margin: float, min_invocations: int, more: int 
         return f"inconclusive: about {point} more invocations needed in each arm", None
     low, high = min(low, point), max(high, point)
     return (f"inconclusive: about {point} more invocations needed in each arm if the ratio is what was measured; "
-            f"{low}-{_count(high)} over the ratios the interval allows", None)
+            f"between {low} and {_count(high)} over the ratios the interval allows", None)
 
 
 def _count(n: int) -> str:

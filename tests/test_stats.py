@@ -140,7 +140,7 @@ def test_required_invocations_range_covers_the_ratios_the_interval_allows():
     from benchlib import wording
     text, _ = wording.verdict("inconclusive", SimpleNamespace(), 0.02, 3, (1, 1, 2500))
     assert text == ("inconclusive: about 1 more invocations needed in each arm if the ratio is what was "
-                    "measured; 1-over 1,000 over the ratios the interval allows")
+                    "measured; between 1 and over 1,000 over the ratios the interval allows")
 
 
 def test_holm_hand_worked():
