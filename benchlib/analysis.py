@@ -339,6 +339,26 @@ class Analysis:
             blocks.append(f"<p><strong>Not tested, and could matter:</strong></p><ul>{items}</ul>")
         return Html(f"<style>{CSS}</style><div class='benchlib-answer'>{''.join(blocks)}</div>{self._problems_html()}")
 
+    def answer_line(self) -> str:
+        """The answer in one line, per compared arm: which workload groups fail, are slower (by how much at
+        most), faster, the same or not sure; ``benchlib run --report`` ends with it."""
+        if self.baseline is None or len(self.arms) < 2:
+            return "one arm ran, so nothing was compared."
+        lines = []
+        for item in self.answer_parts()["arms"]:
+            rows = self.performance[self.performance["arm"] == item["arm"]]
+            slower = rows[rows["verdict_code"].eq("overhead") & (rows["overhead"] > 0)]
+            worst = slower.groupby("benchmark")["overhead"].max() if not slower.empty else pd.Series(dtype=float)
+            named: dict[str, list[str]] = {}
+            for outcome, text in item["groups"]:
+                benchmark = text.split(":", 1)[0]
+                label = f"{benchmark} (up to +{100 * worst[benchmark]:.1f} %)" if benchmark in worst.index else benchmark
+                named.setdefault(outcome, []).append(label)
+            words = "; ".join(f"{outcome}: {', '.join(named[outcome])}"
+                              for outcome in ("fails", "slower", "faster", "same", "not sure") if outcome in named)
+            lines.append(f"{item['arm']} vs {item['baseline']}: {words or 'nothing measured in both'}.")
+        return " ".join(lines)
+
     def short_verdict(self) -> str:
         """One line per compared arm, for the index of reports."""
         if self.baseline is None or len(self.arms) < 2:

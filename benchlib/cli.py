@@ -40,15 +40,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _answer(summary_json: Path, skipped_arms: list[dict[str, str]]) -> str:
-    """The run's answer in one line: each compared arm's headline from the report's summary, then
-    each arm the preflight skipped and why (``container vs native: not measured; arm ...``)."""
+    """The run's answer in one line: the report summary's answer (each compared arm's workload groups by
+    outcome; an older summary: its headline), then each arm the preflight skipped and why
+    (``container vs native: not measured; arm ...``)."""
     import json
 
     from .redact import redact_text
 
     summary = json.loads(summary_json.read_text())
     baseline = summary.get("baseline") or (summary.get("arms") or ["native"])[0]
-    parts = list(summary.get("headline") or []) if len(summary.get("arms") or []) > 1 else []
+    compared = len(summary.get("arms") or []) > 1
+    parts = ([summary["answer"]] if summary.get("answer") else list(summary.get("headline") or [])) if compared else []
     parts += [f"{item['arm']} vs {baseline}: not measured; {item['why']}" for item in skipped_arms]
     return redact_text("answer: " + (" ".join(parts) if parts else "one arm ran, so nothing was compared."))
 

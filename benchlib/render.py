@@ -74,7 +74,8 @@ def _write_summaries(analysis: Analysis) -> tuple[Path, Path, Path]:
     record = {
         "run_id": analysis.run_id, "suite": analysis.manifest.suite, "created_at": analysis.manifest.created_at,
         "arms": analysis.arms, "baseline": analysis.baseline, "margin": analysis.margin,
-        "comparable": analysis.comparable, "problems": analysis.problems, "headline": analysis.headline(),
+        "comparable": analysis.comparable, "problems": analysis.problems, "answer": analysis.answer_line(),
+        "headline": analysis.headline(),
         "comparisons": _json_records(analysis.comparison), "env_diff": _json_records(analysis.env_diff),
         "decomposition_arms": analysis.roles, "decomposition": _json_records(analysis.decomposition),
     }

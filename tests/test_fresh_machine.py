@@ -50,5 +50,9 @@ def test_the_answer_line(tmp_path: Path) -> None:
     assert _answer(summary, skipped) == (
         "answer: container vs native: no overhead beyond 2 % in 3 of 3 cases. isolated vs native: not measured; "
         "arm 'isolated': the isolated arm needs root; run benchlib as root.")
+    # a summary with the answer line (benchlib.analysis.Analysis.answer_line) gives that instead of the headline
+    summary.write_text(json.dumps({"arms": ["native", "container"], "baseline": "native", "headline": ["long"],
+                                   "answer": "container vs native: slower: matmul (up to +2.1 %); same: membw."}))
+    assert _answer(summary, []) == "answer: container vs native: slower: matmul (up to +2.1 %); same: membw."
     summary.write_text(json.dumps({"arms": ["native"], "baseline": None, "headline": ["Nothing to compare."]}))
     assert _answer(summary, []) == "answer: one arm ran, so nothing was compared."
