@@ -12,7 +12,7 @@ from benchlib.fingerprint import arch_support, capture, redact, to_json  # noqa:
 
 SECTIONS = {
     "captured_at", "host", "container", "arm", "process", "python", "versions", "torch", "gpus", "cpu",
-    "cgroup", "memory", "shm", "security", "limits", "mounts", "env", "visible_devices", "nccl",
+    "cgroup", "memory", "shm", "security", "limits", "mounts", "env", "visible_devices", "nccl", "virtualization",
 }
 GPU_UUID = "GPU-3f2c1a4e-9b7d-4c61-8e2f-0a1b2c3d4e5f"
 DIGEST = "sha256:" + "0123456789abcdef" * 4
