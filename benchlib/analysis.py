@@ -314,8 +314,22 @@ class Analysis:
         dominated = (performance[(performance[shares].astype(float) > DOMINATED_SHARE).any(axis=1)]
                      .drop_duplicates(["benchmark", "case"]) if shares else performance.iloc[0:0])
         not_bare = any(finding.check == NOT_BARE_METAL for finding in self.hardware)
-        return {"arms": arms,
+        return {"arms": arms, "stops": self.stops(),
                 "untested": untested(self.roles, self.manifest.suite, self.arms, not_bare, dominated)}
+
+    def stops(self) -> list[str]:
+        """A sequential run's cases: how many invocations each arm ran and why the case stopped (decided,
+        budget, cap, failed), from the manifest; [] for a fixed design."""
+        if not self.manifest.sequential:
+            return []
+        out = []
+        for case in self.manifest.cases:
+            counts = case.get("invocations") or {}
+            ran = ", ".join(f"{arm} {count}" for arm, count in counts.items())
+            detail = f": {case['detail']}" if case.get("detail") else ""
+            out.append(f"{figures.case_label(str(case.get('benchmark')), str(case.get('case')))}: "
+                       f"{case.get('state', 'open')} after {ran or 'no'} invocations{detail}")
+        return out
 
     def answer(self) -> Html:
         """The first screen: the answer per arm and workload group, what was not tested, the problems."""
@@ -333,6 +347,12 @@ class Analysis:
             notes = "".join(f"<p class='benchlib-note'>{html.escape(text)}</p>" for text in extra if text)
             blocks.append(f"<p><strong>Does {html.escape(item['arm'])} cost performance against "
                           f"{html.escape(str(item['baseline']))}?</strong></p><ul>{groups}</ul>{notes}")
+        if parts["stops"]:
+            design = self.manifest.sequential or {}
+            items = "".join(f"<li>{html.escape(text)}</li>" for text in parts["stops"])
+            blocks.append(f"<p><strong>Sequential run</strong> ({html.escape(str(design.get('method', '')))}, margin "
+                          f"±{100 * float(design.get('margin') or self.margin):g} %): per case, the invocations run "
+                          f"and why it stopped:</p><ul>{items}</ul>")
         if parts["untested"]:
             items = "".join(f"<li>{html.escape(text)} <code>{html.escape(command)}</code></li>"
                             for text, command in parts["untested"])
@@ -535,10 +555,17 @@ def decomposition_roles(arms: list[dict[str, Any]], baseline: str | None) -> dic
     return {role: roles[role] for role in stats.ROLES if role in roles}
 
 
-def analyse(run_dir: str | Path | None = None, margin: float = 0.02, baseline: str | None = None) -> Analysis:
-    """Load, check and compare a run (default: :func:`default_run_dir`); see the module docstring."""
+#: The equivalence margin of a fixed-design run's report ("no overhead beyond 2 %").
+REPORT_MARGIN = 0.02
+
+
+def analyse(run_dir: str | Path | None = None, margin: float | None = None, baseline: str | None = None) -> Analysis:
+    """Load, check and compare a run (default: :func:`default_run_dir`); see the module docstring.
+    ``margin``: None takes a sequential run's own margin (its manifest), else :data:`REPORT_MARGIN`."""
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir()
     manifest = load_manifest(run_dir)
+    if margin is None:
+        margin = float((manifest.sequential or {}).get("margin") or REPORT_MARGIN)
     planned = [str(spec["name"]) for spec in manifest.arms]
     chosen = baseline if baseline in planned else (planned[0] if planned else None)
     arms = ([chosen] if chosen else []) + [arm for arm in planned if arm != chosen]

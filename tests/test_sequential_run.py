@@ -102,6 +102,18 @@ def test_an_aa_run_stops_every_case_with_a_reason_and_never_finds_a_difference_b
     spent = sum(inv["duration_s"] for inv in manifest["invocations"])
     assert spent <= 180 + max(inv["duration_s"] for inv in manifest["invocations"]) * 2  # at most one round past
 
+    # the report reads the run with the run's own margin and says per case how many ran and why it stopped
+    from benchlib.report import analyse
+    analysis = analyse(run_dir)
+    assert analysis.margin == design["margin"]
+    stops = analysis.stops()
+    assert len(stops) == len(manifest["cases"])
+    for line, case in zip(stops, manifest["cases"]):
+        runs = case["invocations"]
+        assert line.startswith(f"{case['benchmark']} {case['case']}: {case['state']} after native {runs['native']}, "
+                               f"native-b {runs['native-b']} invocations"), line
+    assert "per case, the invocations run and why it stopped" in str(analysis.answer())
+
     again = run_cli("run", "--resume", str(run_dir), "--no-progress", timeout=300)
     assert again.returncode == 0 and f"0 of {len(manifest['invocations'])} invocations left" in again.stderr
     after = json.loads((run_dir / "manifest.json").read_text())
