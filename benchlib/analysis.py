@@ -379,26 +379,6 @@ class Analysis:
             lines.append(f"{item['arm']} vs {item['baseline']}: {words or 'nothing measured in both'}.")
         return " ".join(lines)
 
-    def short_verdict(self) -> str:
-        """One line per compared arm, for the index of reports."""
-        if self.baseline is None or len(self.arms) < 2:
-            return "one arm: nothing compared"
-        lines = []
-        for arm in self.arms[1:]:
-            rows = self.performance[self.performance["arm"] == arm]
-            codes = rows["verdict_code"]
-            text = f"{arm} vs {self.baseline}: {int(codes.eq('equivalent').sum())}/{len(rows)} within ±{100 * self.margin:g} %"
-            worse = rows[codes.eq("overhead") & (rows["overhead"] > 0)]
-            if not worse.empty:
-                text += f", overhead up to {100 * worse['overhead'].max():.0f} %"
-            faster = codes.eq("overhead") & (rows["overhead"] < 0)
-            if faster.any():
-                text += f", faster in {int(faster.sum())}"
-            if codes.eq("inconclusive").any():
-                text += f", {int(codes.eq('inconclusive').sum())} inconclusive"
-            lines.append(text)
-        return "; ".join(lines)
-
     # ----------------------------------------------------------------- tables
 
     def summary_frame(self) -> pd.DataFrame:

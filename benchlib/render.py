@@ -189,7 +189,7 @@ def _index_entry(analysis: Analysis, href: str) -> dict[str, Any]:
     return {
         "run_id": analysis.run_id, "date": analysis.manifest.created_at, "href": href,
         "gpu": ", ".join(map(str, gpus)) or "none (CPU only)", "arms": analysis.arms,
-        "verdict": analysis.short_verdict(), "problems": len(analysis.problems), "comparable": analysis.comparable,
+        "verdict": analysis.answer_line(), "problems": len(analysis.problems), "comparable": analysis.comparable,
         "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
 
