@@ -100,7 +100,10 @@ for dir in ${PIP_FIND_LINKS:-}; do
 done
 [ "${#links[@]}" -eq 0 ] || env_args+=(-e "PIP_FIND_LINKS=${links[*]}")
 mkdir -p "$state/docker"
-start=(docker run -d --name "$name" --hostname fresh-bookworm "${mounts[@]}" "${env_args[@]}")
+# --shm-size: a machine's /dev/shm is a tmpfs of half its memory, not Docker's 64 MiB default (the tests
+# compare the host's /dev/shm with the isolated arm's 64 MiB, and would see no difference)
+shm_mib=$(( $(awk '/^MemTotal:/ {print $2}' /proc/meminfo) / 2048 ))
+start=(docker run -d --name "$name" --hostname fresh-bookworm --shm-size "${shm_mib}m" "${mounts[@]}" "${env_args[@]}")
 if ! "${start[@]}" --privileged "$image" sleep infinity >/dev/null 2>"$state/run.err"; then
     # A sandbox without CAP_SYS_RESOURCE in its bounding set cannot start a privileged container
     # ("unable to apply caps"): give the fresh machine everything else a privileged one has.

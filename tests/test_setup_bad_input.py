@@ -68,8 +68,14 @@ def copy(scratch: Path) -> Path:
     is private to root). The venv stays the one running these tests (VENV=, make -o its stamp)."""
     repo = scratch / "repo"
     repo.mkdir()
+    # .ci/cache holds what earlier tests built (an exported image rootfs of 2 GB, with device nodes and
+    # absolute links): the two commands rebuild it when they need it, so it is not copied
+    skip = shutil.ignore_patterns("cache", "__pycache__")
     for name in ("Makefile", "pyproject.toml", ".ci", "benchlib", "notebooks", "params"):
-        (shutil.copytree if (REPO / name).is_dir() else shutil.copy)(REPO / name, repo / name)
+        if (REPO / name).is_dir():
+            shutil.copytree(REPO / name, repo / name, ignore=skip, symlinks=True)
+        else:
+            shutil.copy(REPO / name, repo / name)
     return repo
 
 
