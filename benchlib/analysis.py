@@ -27,7 +27,7 @@ from .figures import CSS, Html
 from .findings import check_problems, context_findings, performance_rows
 from .layout import RESULTS_FILE
 from .manifest import COMPLETE, FAILED, Invocation, Manifest
-from .numbers import ceiling_fractions, energy_per_work, ok_rows
+from .numbers import ceiling_fractions, energy_per_work, ok_rows, slower_rows
 from .results import default_run_dir, load_envs, load_manifest, load_telemetry, read_results
 from .wording import (DECOMPOSITION_TITLES, DOMINATED_SHARE, FASTER_BAND, group_answer, image_mismatch,
                       missing_effects, named, overhead_text, p_text, ratio_text, untested)
@@ -260,8 +260,7 @@ class Analysis:
         """(benchmark, case) of each group's worst gap in ``arm``: its first failed case, else its most
         slowed case beyond the margin."""
         gaps = {benchmark: next(iter(cases)) for benchmark, cases in failures.items()}
-        slower = rows[rows["verdict_code"].eq("overhead") & (rows["overhead"] > 0)].sort_values("overhead", ascending=False)
-        for row in slower.itertuples(index=False):
+        for row in slower_rows(rows).itertuples(index=False):
             gaps.setdefault(str(row.benchmark), str(row.case))
         return list(gaps.items())
 
@@ -297,8 +296,8 @@ class Analysis:
         for arm in (self.arms[1:] if self.baseline is not None else []):
             rows = self.performance[self.performance["arm"] == arm]
             failures = self.failures(arm)
-            groups = [group_answer(b, rows[rows["benchmark"] == b], failures.get(b, {}), self.margin)
-                      for b in dict.fromkeys([*rows["benchmark"], *failures])]
+            groups = {b: group_answer(b, rows[rows["benchmark"] == b], failures.get(b, {}), self.margin)
+                      for b in dict.fromkeys([*rows["benchmark"], *failures])}  # benchmark -> (outcome, sentence)
             invocations = pd.concat([rows["n_inv_arm"], rows["n_inv_base"]]).astype(float)
             low, high = (int(invocations.min()), int(invocations.max())) if len(invocations) else (0, 0)
             sure = (f"How sure: each figure is a ratio of medians with its 95 % confidence interval (hierarchical "
@@ -339,7 +338,7 @@ class Analysis:
             blocks.append("<p>Nothing to compare: this run has one arm, so it cannot say what a container costs.</p>")
         for item in parts["arms"]:
             groups = "".join(f"<li class='benchlib-{outcome.replace(' ', '-')}'><strong>{html.escape(outcome)}</strong> — "
-                             f"{html.escape(text)}</li>" for outcome, text in item["groups"])
+                             f"{html.escape(text)}</li>" for outcome, text in item["groups"].values())
             extra = [item["sure"], item["cause"]]
             if item["context"]:
                 extra.append("Context that differs (not overhead): " + "; ".join(item["context"][:4])
@@ -367,11 +366,9 @@ class Analysis:
         lines = []
         for item in self.answer_parts()["arms"]:
             rows = self.performance[self.performance["arm"] == item["arm"]]
-            slower = rows[rows["verdict_code"].eq("overhead") & (rows["overhead"] > 0)]
-            worst = slower.groupby("benchmark")["overhead"].max() if not slower.empty else pd.Series(dtype=float)
+            worst = slower_rows(rows).groupby("benchmark")["overhead"].max()
             named: dict[str, list[str]] = {}
-            for outcome, text in item["groups"]:
-                benchmark = text.split(":", 1)[0]
+            for benchmark, (outcome, _) in item["groups"].items():
                 label = f"{benchmark} (up to +{100 * worst[benchmark]:.1f} %)" if benchmark in worst.index else benchmark
                 named.setdefault(outcome, []).append(label)
             words = "; ".join(f"{outcome}: {', '.join(named[outcome])}"

@@ -11,7 +11,7 @@ import pandas as pd
 
 from . import ceilings, schema, stats
 
-__all__ = ["ENERGY_UNITS", "ceiling_fractions", "energy_per_work", "is_performance", "ok_rows"]
+__all__ = ["ENERGY_UNITS", "ceiling_fractions", "energy_per_work", "is_performance", "ok_rows", "slower_rows"]
 
 #: work unit -> (scale, unit of energy per work) for energy per unit of work.
 ENERGY_UNITS = {"FLOP": (1e12, "J/TFLOP"), "B": (1e9, "J/GB"), "token": (1.0, "J/token")}
@@ -21,6 +21,12 @@ def is_performance(unit: object) -> bool:
     """A time in seconds (what samples are timed in) or a rate: what overhead is about. Correctness
     metrics (rel_error) and diagnostics (counts, bytes, throttled microseconds) are not."""
     return isinstance(unit, str) and (unit == "s" or unit.endswith("/s"))
+
+
+def slower_rows(comparison: pd.DataFrame) -> pd.DataFrame:
+    """The comparison rows whose arm is slower beyond the margin (an overhead above 0), worst first."""
+    slower = comparison["verdict_code"].eq("overhead") & (comparison["overhead"] > 0)
+    return comparison[slower].sort_values("overhead", ascending=False)
 
 
 def ok_rows(results: pd.DataFrame) -> pd.DataFrame:

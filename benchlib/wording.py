@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from . import figures
+from .numbers import slower_rows
 from .stats import EFFECTS, ROLES
 
 __all__ = ["BANDS", "DECOMPOSITION_TITLES", "DOMINATED_SHARE", "FASTER_BAND", "band", "decomposition_reading",
@@ -217,7 +218,7 @@ def group_answer(benchmark: str, rows: pd.DataFrame, failures: dict[str, str], m
     ``same`` or ``not sure``, and the sentence that says it with the interval (``rows``: the
     performance comparison rows of that arm and benchmark; ``failures``: case -> why it failed)."""
     codes = rows["verdict_code"] if not rows.empty else pd.Series(dtype=object)
-    slower = rows[codes.eq("overhead") & (rows["overhead"] > 0)].sort_values("overhead", ascending=False)
+    slower = slower_rows(rows) if not rows.empty else rows
     faster = rows[codes.eq("overhead") & (rows["overhead"] < 0)].sort_values("overhead")
     same, unsure, too_few = int(codes.eq("equivalent").sum()), int(codes.eq("inconclusive").sum()), int(codes.eq("too_few").sum())
     parts = []

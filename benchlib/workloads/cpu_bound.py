@@ -46,7 +46,7 @@ class CpuBoundParams(CommonParams):
     threads: int = Field(0, ge=0, le=4096)
     n: int = Field(256, gt=0, le=16384)  # matmul size
     text_kib: int = Field(64, gt=0, le=1 << 20)  # tokenize: KiB of text per call
-    # this workload"s timing defaults (its notebook"s parameters cell is checked against the model)
+    # this workload's timing defaults (its notebook's parameters cell is checked against the model)
     max_samples: int = common_default("max_samples", 100)
     max_time_s: float = common_default("max_time_s", 2.0)
     target_rel_ci: float = common_default("target_rel_ci", 0.01)

@@ -39,7 +39,7 @@ class FaultParams(CommonParams):
     mode: Literal["ok", "oom", "crash", "hang"] = "ok"
     oom_mib: int = Field(256, gt=0, le=1 << 20)  # oom: headroom granted, then twice it is asked for
     hang_s: float = Field(3600.0, gt=0)  # hang: how long the kernel sleeps
-    # this workload"s timing defaults (its notebook"s parameters cell is checked against the model)
+    # this workload's timing defaults (its notebook's parameters cell is checked against the model)
     warmup: int = common_default("warmup", 1)
     min_samples: int = common_default("min_samples", 5)
     max_samples: int = common_default("max_samples", 10)

@@ -36,7 +36,7 @@ GPU_ONLY = ("eager_gpu_per_launch", "graph_per_launch", "sync_roundtrip", "event
 class LaunchParams(CommonParams):
     launches: int = Field(1000, ge=1, le=100_000)  # tiny kernels per sample
     round_trips: int = Field(100, ge=1, le=100_000)  # synchronisations / event polls per sample
-    # this workload"s timing defaults (its notebook"s parameters cell is checked against the model)
+    # this workload's timing defaults (its notebook's parameters cell is checked against the model)
     max_samples: int = common_default("max_samples", 100)
     max_time_s: float = common_default("max_time_s", 2.0)
     target_rel_ci: float = common_default("target_rel_ci", 0.01)

@@ -62,7 +62,7 @@ class LlmParams(CommonParams):
     kv_cache_max_tokens: int | None = Field(None, gt=0)  # free_memory: at most this many tokens
     mem_bw_gbs: float | None = Field(None, gt=0)  # a measured bandwidth for the decode roofline
     peak_tflops: float | None = Field(None, gt=0)  # a stated peak for the prefill roofline
-    # this workload"s timing defaults (its notebook"s parameters cell is checked against the model)
+    # this workload's timing defaults (its notebook's parameters cell is checked against the model)
     warmup: int = common_default("warmup", 2)
     min_samples: int = common_default("min_samples", 5)
     max_samples: int = common_default("max_samples", 50)

@@ -37,7 +37,7 @@ class MatmulParams(CommonParams):
     n: int = Field(256, gt=0, le=65536)
     dtype: Literal["fp32", "tf32", "bf16", "fp16"] = "fp32"
     peak_tflops: float | None = Field(None, gt=0)  # a stated peak; the ceilings table otherwise
-    # this workload"s timing defaults (its notebook"s parameters cell is checked against the model)
+    # this workload's timing defaults (its notebook's parameters cell is checked against the model)
     max_time_s: float = common_default("max_time_s", 10.0)
 
 

@@ -33,7 +33,7 @@ class MembwParams(CommonParams):
     size_mib: int = Field(64, gt=0, le=1 << 20)  # one buffer; every op uses 2 (copy) or 3 (triad)
     dtype: Literal["fp32", "fp16", "bf16", "fp64"] = "fp32"
     peak_gbs: float | None = Field(None, gt=0)  # a stated bandwidth; the ceilings table otherwise
-    # this workload"s timing defaults (its notebook"s parameters cell is checked against the model)
+    # this workload's timing defaults (its notebook's parameters cell is checked against the model)
     max_samples: int = common_default("max_samples", 100)
     max_time_s: float = common_default("max_time_s", 2.0)
     target_rel_ci: float = common_default("target_rel_ci", 0.01)

@@ -54,7 +54,7 @@ class ShmDataloaderParams(CommonParams):
     batches: int = Field(8, ge=1, le=100_000)  # batches per epoch (one timed sample)
     prefetch_factor: int = Field(2, ge=1, le=64)  # batches each worker keeps ready
     loader_timeout_s: float = Field(60.0, gt=0)  # a stalled worker fails the case after this
-    # this workload"s timing defaults (its notebook"s parameters cell is checked against the model)
+    # this workload's timing defaults (its notebook's parameters cell is checked against the model)
     max_samples: int = common_default("max_samples", 100)
     max_time_s: float = common_default("max_time_s", 2.0)
     target_rel_ci: float = common_default("target_rel_ci", 0.01)

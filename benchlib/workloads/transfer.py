@@ -33,7 +33,7 @@ class TransferParams(CommonParams):
     memory: Literal["pinned", "pageable"] = "pinned"
     size_kib: int = Field(1024, gt=0, le=64 * 1024 * 1024)  # bytes of one copy, in KiB
     count: int = Field(1000, ge=1, le=1_000_000)  # copies per sample in many_small mode
-    # this workload"s timing defaults (its notebook"s parameters cell is checked against the model)
+    # this workload's timing defaults (its notebook's parameters cell is checked against the model)
     max_samples: int = common_default("max_samples", 100)
     max_time_s: float = common_default("max_time_s", 2.0)
     target_rel_ci: float = common_default("target_rel_ci", 0.01)
