@@ -258,18 +258,37 @@ class Analysis:
 
     def _gaps(self, arm: str, rows: pd.DataFrame, failures: dict[str, dict[str, str]]) -> list[tuple[str, str]]:
         """(benchmark, case) of each group's worst gap in ``arm``: its first failed case, else its most
-        slowed case beyond the margin."""
-        gaps = {benchmark: next(iter(cases)) for benchmark, cases in failures.items()}
+        slowed case beyond the margin; and its most sped-up case (a TF32 override's speed-up has a cause too)."""
+        worst = {benchmark: next(iter(cases)) for benchmark, cases in failures.items()}
         for row in slower_rows(rows).itertuples(index=False):
-            gaps.setdefault(str(row.benchmark), str(row.case))
-        return list(gaps.items())
+            worst.setdefault(str(row.benchmark), str(row.case))
+        best: dict[str, str] = {}
+        for row in rows[rows["verdict_code"].eq("overhead") & (rows["overhead"] < 0)].sort_values("overhead").itertuples():
+            best.setdefault(str(row.benchmark), str(row.case))
+        pairs = [*worst.items(), *best.items()]
+        return list(dict.fromkeys(pairs))
+
+    @cached_property
+    def diagnosis(self) -> dict[str, Any] | None:
+        """The newest diagnosis by experiment of this run (``benchlib diagnose``), or None."""
+        from .diagnosis.experiment import latest
+
+        return latest(self.run_dir)
 
     def case_cause(self, arm: str, benchmark: str, case: str) -> str:
-        """Why one case may be slower or fail in ``arm``, without an experiment: the differing mechanisms
-        that act on what the case is sensitive to (benchlib.diagnosis.blame); the others are named as
-        not acting on it, so a /dev/shm difference is never blamed for a GPU matrix product."""
+        """Why one case may be slower or fail in ``arm``: measured shares where a diagnosis by experiment
+        covered the case (benchlib.diagnosis.experiment); otherwise, without an experiment, the differing
+        mechanisms that act on what the case is sensitive to (benchlib.diagnosis.blame); the others are
+        named as not acting on it, so a /dev/shm difference is never blamed for a GPU matrix product."""
         from .diagnosis.blame import blame, case_sensitivity
+        from .diagnosis.experiment import case_sentence
         from .diagnosis.mechanisms import fingerprint_pairs
+
+        record = self.diagnosis
+        if record is not None and record.get("baseline") == self.baseline:
+            for diagnosed in record.get("cases", []):
+                if (diagnosed["arm"], diagnosed["benchmark"], diagnosed["case"]) == (arm, benchmark, case):
+                    return case_sentence(diagnosed, str(self.baseline), record.get("invocations"))
 
         found = fingerprint_pairs(self.envs, str(self.baseline), [arm], benchmark=benchmark, case=case).get(arm)
         rows = self.results[(self.results["benchmark"] == benchmark) & (self.results["case"] == case)]

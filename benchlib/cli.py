@@ -1,4 +1,4 @@
-"""``benchlib`` command line: run, list, env, report, status, collect, image."""
+"""``benchlib`` command line: run, diagnose, list, env, report, status, collect, image."""
 from __future__ import annotations
 
 import argparse
@@ -30,6 +30,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(f"suite {suite}" + (f", arms {args.arms}" if args.arms else ""), file=sys.stderr)
     outcome = run_suite(options, log=lambda message: print(message, file=sys.stderr))
     print(describe(outcome))  # with one line per failed invocation
+    if args.diagnose:
+        _diagnose(outcome.run_dir, args, sequential=None)
     if args.report:
         from .report import build_report
 
@@ -37,6 +39,58 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(f"report: {report.html}")
         print(_answer(report.summary_json, outcome.manifest.skipped_arms))
     return 0 if outcome.ok else 1
+
+
+def _diagnose(run_dir: Path, args: argparse.Namespace, sequential) -> bool:
+    """Run the diagnosis of ``run_dir`` and print it; False when there was nothing to diagnose (said why)."""
+    from .diagnosis.experiment import DiagnoseOptions, NothingToDiagnose, diagnose, record_lines
+    from .redact import redact_text
+
+    arms = [name.strip() for name in args.diagnose_arms.split(",") if name.strip()] if args.diagnose_arms else None
+    if args.ablation_invocations is not None and args.ablation_invocations < 1:
+        raise BenchlibError(f"--ablation-invocations must be at least 1, not {args.ablation_invocations}.")
+    if args.max_ablations < 1:
+        raise BenchlibError(f"--max-ablations must be at least 1, not {args.max_ablations}.")
+    options = DiagnoseOptions(arms=arms, invocations=args.ablation_invocations, max_ablations=args.max_ablations,
+                              both_sides=args.both_sides, sequential=sequential, gpu_lock=args.gpu_lock,
+                              lock_timeout_s=args.lock_timeout, progress=not args.no_progress)
+    try:
+        record = diagnose(run_dir, options, log=lambda message: print(message, file=sys.stderr))
+    except NothingToDiagnose as exc:
+        print(f"diagnosis: {redact_text(str(exc))}")
+        return False
+    for line in record_lines(record):
+        print(redact_text(line))
+    return True
+
+
+def _cmd_diagnose(args: argparse.Namespace) -> int:
+    run_dir = Path(args.run_dir)
+    if not (run_dir / "manifest.json").is_file():
+        raise BenchlibError(f"{run_dir} is not a run folder (it has no manifest.json); name one under outputs/.")
+    _diagnose(run_dir, args, sequential=_sequential_flags(args))
+    if args.report:
+        from .report import build_report
+
+        report = build_report(run_dir)
+        print(f"report: {report.html}")
+        print(_answer(report.summary_json, []))
+    return 0
+
+
+def _diagnosis_options(parser: argparse.ArgumentParser, prefix: str = "") -> None:
+    """The options of a diagnosis, shared by ``diagnose`` and ``run --diagnose``."""
+    parser.add_argument(f"--{prefix}arms" if prefix else "--arms", dest="diagnose_arms", metavar="ARMS",
+                        help="comma-separated arms whose gaps to diagnose (default: every arm but the baseline)")
+    parser.add_argument("--ablation-invocations", type=int, metavar="N",
+                        help="invocations per arm and case of the experiment (default: as many as the run gave the "
+                             "gap cases, at least 3)")
+    parser.add_argument("--max-ablations", type=int, default=4, metavar="K",
+                        help="ablation arms per arm with a gap (default 4: with the arm and the baseline, 3x the "
+                             "comparison's arms); mechanisms that can act on the case go first")
+    parser.add_argument("--both-sides", action="store_true",
+                        help="also apply each differing environment variable's arm value to the baseline (the "
+                             "reverse ablation), not only where the arm's side cannot be changed")
 
 
 def _answer(summary_json: Path, skipped_arms: list[dict[str, str]]) -> str:
@@ -62,7 +116,7 @@ def _sequential_flags(args: argparse.Namespace):
 
     given = [flag for flag, value in (("--until", args.until), ("--budget", args.budget),
                                       ("--max-invocations", args.max_invocations)) if value is not None]
-    if given and args.resume:
+    if given and getattr(args, "resume", None):
         raise ParamsError(f"{given[0]} cannot change a run being resumed: --resume continues with the design its "
                           "manifest records; leave the flag out.")
     if args.until is None:
@@ -219,7 +273,25 @@ def build_parser() -> argparse.ArgumentParser:
                      help="with --gpu-lock wait: give up (exit 2) after waiting this long (default: no limit)")
     run.add_argument("--report", action="store_true", help="build the HTML report when the run ends")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument("--diagnose", action="store_true",
+                     help="when the run ends, diagnose its gaps by experiment (benchlib diagnose), before the report")
+    _diagnosis_options(run, prefix="diagnose-")
     run.set_defaults(handler=_cmd_run)
+
+    diagnose = commands.add_parser(
+        "diagnose", help="find which difference between the arms causes each gap of a run, by experiment: one "
+                         "ablation arm per differing mechanism, run interleaved, the share of the gap each closes")
+    diagnose.add_argument("run_dir", help="a run folder, e.g. outputs/20261203-101500-quick")
+    _diagnosis_options(diagnose)
+    diagnose.add_argument("--until", metavar="GOAL", help="conclusive: the experiment adds rounds until decided")
+    diagnose.add_argument("--budget", metavar="DURATION", help="with --until: seconds of invocations it may spend")
+    diagnose.add_argument("--max-invocations", metavar="N", help="with --until: the cap per arm and case")
+    diagnose.add_argument("--gpu-lock", choices=["wait", "refuse", "off"], default="wait",
+                          help="as for benchlib run")
+    diagnose.add_argument("--lock-timeout", type=float, metavar="SECONDS", help="as for benchlib run")
+    diagnose.add_argument("--report", action="store_true", help="rebuild the run's report with the measured shares")
+    diagnose.add_argument("--no-progress", action="store_true", help="no progress bar")
+    diagnose.set_defaults(handler=_cmd_diagnose)
 
     commands.add_parser("list", help="show suites, benchmarks and params files").set_defaults(handler=_cmd_list)
     commands.add_parser("env", help="print this environment's fingerprint as JSON").set_defaults(handler=_cmd_env)

@@ -7,6 +7,7 @@
 | ``telemetry`` | ``telemetry.parquet`` | the same |
 | ``env`` | ``env.json`` | key ``schema_version`` |
 | ``summary`` | ``summary.json`` | key ``schema_version`` |
+| ``diagnosis`` | ``diagnosis/<stamp>-diagnose/diagnosis.json`` | key ``schema_version`` |
 
 Every format is at version 1, the layout documented in ``benchlib.schema`` (results, telemetry),
 ``benchlib.manifest`` and ``benchlib.fingerprint``. A file written before versions were recorded
@@ -29,9 +30,9 @@ __all__ = ["FormatError", "OLDEST", "PARQUET_KEY", "VERSIONS", "VERSION_KEY", "c
            "parquet_version", "read_json", "read_parquet", "stamped"]
 
 #: format -> the version this benchlib writes (manifest 2: a sequential run's ``sequential`` and ``cases``).
-VERSIONS: dict[str, int] = {"manifest": 2, "results": 1, "telemetry": 1, "env": 1, "summary": 1}
+VERSIONS: dict[str, int] = {"manifest": 2, "results": 1, "telemetry": 1, "env": 1, "summary": 1, "diagnosis": 1}
 #: format -> the oldest version this benchlib still reads.
-OLDEST: dict[str, int] = {"manifest": 1, "results": 1, "telemetry": 1, "env": 1, "summary": 1}
+OLDEST: dict[str, int] = {"manifest": 1, "results": 1, "telemetry": 1, "env": 1, "summary": 1, "diagnosis": 1}
 #: The key of the version in a JSON file.
 VERSION_KEY = "schema_version"
 #: The parquet schema-metadata key holding ``{"format": ..., "schema_version": ...}``.

@@ -60,12 +60,12 @@ from .sequential_options import SequentialOptions, check_budget_covers_minimum
 from .suites import Suite, load_suite, plan
 
 
-__all__ = ["RunOptions", "RunOutcome", "default_suite", "describe", "run_suite"]
+__all__ = ["RunOptions", "RunOutcome", "default_suite", "describe", "manifest_arms", "run_suite"]
 
 @dataclass
 class RunOptions:
     suite: str
-    arms: list[str] | None = None  # names; None: the suite's arms
+    arms: list[str | Arm] | None = None  # names (or arms, from code: a diagnosis's ablation arms); None: the suite's
     invocations: int | None = None  # None: the suite's count
     out: Path = field(default_factory=paths.default_outputs)
     resume: Path | None = None  # an existing run directory to complete
@@ -142,8 +142,7 @@ def _resume(run_dir: Path, options: RunOptions, log) -> RunOutcome:
     with _process.hold_exclusively(run_dir, "run directory"):
         manifest = Manifest.load(run_dir)
         suite = _suite_of(manifest)
-        arms = [arm_from_spec(_unredacted({k: v for k, v in spec.items() if k in Arm.__dataclass_fields__}),
-                              "manifest") for spec in manifest.arms]
+        arms = manifest_arms(manifest)
         _preflight_all(arms, run_dir.parent, host_gpu_count() > 0, False, log)
         with _device_lock(options, run_dir.name, log):
             _clear_leftovers(run_dir, manifest, {arm.name: arm for arm in arms}, log)
@@ -221,6 +220,13 @@ def _recheck_complete(run_dir: Path, manifest: Manifest, log) -> None:
 
 def _redacting(log):
     return lambda message: log(redact.redact_text(str(message)))
+
+
+def manifest_arms(manifest: Manifest) -> list[Arm]:
+    """The arms of a run as they ran, from its manifest, with the secrets it does not keep taken from
+    the environment again (BenchlibError naming the variable when one is not set)."""
+    return [arm_from_spec(_unredacted({k: v for k, v in spec.items() if k in Arm.__dataclass_fields__}), "manifest")
+            for spec in manifest.arms]
 
 
 def _unredacted(spec: dict) -> dict:

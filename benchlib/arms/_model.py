@@ -222,14 +222,18 @@ def _several_flags_in_one(flag: str) -> bool:
     return flag.startswith("-") and len(words) > 1 and ("=" not in words[0] or any(w.startswith("-") for w in words[1:]))
 
 
-def select_arms(available: list[Arm], names: list[str] | None, source: str) -> list[Arm]:
-    """Pick arms by name (``--arms``), from the suite's own arms first, then the built-ins."""
+def select_arms(available: list[Arm], names: Sequence[str | Arm] | None, source: str) -> list[Arm]:
+    """Pick arms by name (``--arms``), from the suite's own arms first, then the built-ins; an Arm given
+    instead of a name (from code) is taken as it is."""
     if not names:
         return available
     by_name = {arm.name: arm for arm in available}
     chosen = []
     for name in names:
-        chosen.append(by_name[name] if name in by_name else arm_from_spec(name, source))
+        if isinstance(name, Arm):
+            chosen.append(name)
+        else:
+            chosen.append(by_name[name] if name in by_name else arm_from_spec(name, source))
     if len({arm.name for arm in chosen}) != len(chosen):
-        raise ParamsError(f"--arms names an arm twice: {','.join(names)}.")
+        raise ParamsError(f"--arms names an arm twice: {','.join(arm.name for arm in chosen)}.")
     return chosen

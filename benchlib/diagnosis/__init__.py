@@ -5,6 +5,8 @@
 - :mod:`.mechanisms` — the mechanisms that differ between two arms' fingerprints, each with its alignments.
 - :mod:`.blame` — without an experiment, the likely causes a case's classes allow, and what also differs.
 - :mod:`.shares` — with an experiment, the share of the gap each ablation closes, with its 95 % interval.
+- :mod:`.plan` — a run's gaps and the ablation arms that test them, made by the arms' launchers.
+- :mod:`.experiment` — ``benchlib diagnose``: run the ablation arms, measure the shares, write ``diagnosis.json``.
 
 Names load lazily, so importing :mod:`.classes` from a workload does not import pandas.
 """
@@ -22,6 +24,10 @@ _EXPORTS = {
     "blame": ("blame", "blame"),
     "GapShares": ("shares", "GapShares"),
     "gap_shares": ("shares", "gap_shares"),
+    "AblationPlan": ("plan", "AblationPlan"),
+    "plan_ablations": ("plan", "plan_ablations"),
+    "DiagnoseOptions": ("experiment", "DiagnoseOptions"),
+    "diagnose": ("experiment", "diagnose"),
 }
 __all__ = sorted(_EXPORTS)
 

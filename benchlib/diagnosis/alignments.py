@@ -207,8 +207,12 @@ class SetEnv(Alignment):
 
     @property
     def fix(self) -> str:
-        parts = [f"-e {name}={value}" if value is not None else f"unset {name}" for name, value in self.values]
-        return f"in the container (its image's ENV, or the run's -e): {', '.join(parts)}"
+        unset = [name for name, value in self.values if value is None]
+        given = [f"{name}={value}" for name, value in self.values if value is not None]
+        parts = ([f"unset {', '.join(unset)} (in a container: drop it from the image's ENV and the run's -e)"]
+                 if unset else [])
+        parts += [f"set {', '.join(given)} (in a container: the run's -e)"] if given else []
+        return "; ".join(parts)
 
 
 @dataclass(frozen=True)
@@ -229,8 +233,12 @@ class ApplyEnv(Alignment):
 
 
 def _env_words(values: tuple[tuple[str, str | None], ...], whose: str) -> str:
-    names = ", ".join(name for name, _ in values)
-    return f"{names} at {whose} value{'s' if len(values) > 1 else ''}"
+    """``OMP_NUM_THREADS unset`` / ``MKL_CBWR=AVX2`` / ``A unset, B=1``: the variables as the ablation sets them
+    (``whose`` is kept for the words of a mixed or long list)."""
+    words = [f"{name} unset" if value is None else f"{name}={value}" for name, value in values]
+    if len(words) > 3:
+        return f"{', '.join(name for name, _ in values)} at {whose} values"
+    return ", ".join(words)
 
 
 @dataclass(frozen=True)
