@@ -22,10 +22,13 @@ if command -v docker >/dev/null 2>&1 && engine_up; then
     exit 0
 fi
 
-# Installed and running, but this user may not talk to it.
+# Installed and running, but this user may not talk to it: the engine says so, or (when it is too slow
+# to answer on a loaded machine) its socket, there and not writable by this user, does.
 if command -v docker >/dev/null 2>&1 && ! is_root; then
-    answer=$(timeout 10 docker info 2>&1 >/dev/null || true)
-    if grep -qi "permission denied" <<<"$answer"; then
+    answer=$(timeout 30 docker info 2>&1 >/dev/null || true)
+    socket=/var/run/docker.sock
+    case "${DOCKER_HOST:-}" in unix://*) socket=${DOCKER_HOST#unix://};; esac
+    if grep -qi "permission denied" <<<"$answer" || { [ -S "$socket" ] && [ ! -w "$socket" ]; }; then
         die "user $(id -un) may not use the Docker engine (permission denied on its socket): add the user to the docker group ('sudo usermod -aG docker $(id -un)', then log in again) or run as root."
     fi
 fi

@@ -244,16 +244,21 @@ class Analysis:
 
     def failures(self, arm: str) -> dict[str, dict[str, str]]:
         """benchmark -> case -> why, for the cases that have no successful result in ``arm`` but did run
-        (failed or skipped) while the baseline has results."""
+        (failed or skipped inside the notebook, or an invocation that failed) while the baseline has results."""
         results = self.results
         ok = results["status"].eq(schema.STATUS_OK).to_numpy(dtype=bool, na_value=False)
         good = set(map(tuple, results.loc[ok, ["arm", "benchmark", "case"]].to_numpy().tolist()))
         out: dict[str, dict[str, str]] = {}
-        for row in results.loc[~ok & results["arm"].eq(arm).to_numpy()].drop_duplicates(["benchmark", "case"]).itertuples():
-            if (arm, row.benchmark, row.case) in good or (self.baseline, row.benchmark, row.case) not in good:
+        tried = [(str(row.benchmark), str(row.case), str(row.note).split("; ")[0]
+                  if isinstance(row.note, str) and row.note else str(row.status))
+                 for row in results.loc[~ok & results["arm"].eq(arm).to_numpy()].drop_duplicates(["benchmark", "case"])
+                 .itertuples()]
+        tried += [(inv.benchmark, inv.case, (inv.error or "the invocation failed").removeprefix("the case failed: ")
+                   .split("; ")[0]) for inv in self.manifest.invocations if inv.arm == arm and inv.status == FAILED]
+        for benchmark, case, why in tried:
+            if (arm, benchmark, case) in good or (self.baseline, benchmark, case) not in good:
                 continue
-            why = str(row.note).split("; ")[0] if isinstance(row.note, str) and row.note else str(row.status)
-            out.setdefault(str(row.benchmark), {})[str(row.case)] = why[:160]
+            out.setdefault(benchmark, {}).setdefault(case, why[:160])
         return out
 
     def _gaps(self, arm: str, rows: pd.DataFrame, failures: dict[str, dict[str, str]]) -> list[tuple[str, str]]:
@@ -288,7 +293,7 @@ class Analysis:
         if record is not None and record.get("baseline") == self.baseline:
             for diagnosed in record.get("cases", []):
                 if (diagnosed["arm"], diagnosed["benchmark"], diagnosed["case"]) == (arm, benchmark, case):
-                    return case_sentence(diagnosed, str(self.baseline), record.get("invocations"))
+                    return case_sentence(diagnosed, str(self.baseline), diagnosed.get("invocations"))
 
         found = fingerprint_pairs(self.envs, str(self.baseline), [arm], benchmark=benchmark, case=case).get(arm)
         rows = self.results[(self.results["benchmark"] == benchmark) & (self.results["case"] == case)]

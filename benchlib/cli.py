@@ -28,10 +28,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
                          sequential=_sequential_flags(args))
     if resume is None:  # a resume names its run's suite itself
         print(f"suite {suite}" + (f", arms {args.arms}" if args.arms else ""), file=sys.stderr)
+    diagnosis = _diagnose_options(args, sequential=None) if args.diagnose else None  # bad input: before the run
     outcome = run_suite(options, log=lambda message: print(message, file=sys.stderr))
     print(describe(outcome))  # with one line per failed invocation
-    if args.diagnose:
-        _diagnose(outcome.run_dir, args, sequential=None)
+    if diagnosis is not None:
+        _diagnose(outcome.run_dir, diagnosis)
     if args.report:
         from .report import build_report
 
@@ -41,19 +42,29 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0 if outcome.ok else 1
 
 
-def _diagnose(run_dir: Path, args: argparse.Namespace, sequential) -> bool:
-    """Run the diagnosis of ``run_dir`` and print it; False when there was nothing to diagnose (said why)."""
-    from .diagnosis.experiment import DiagnoseOptions, NothingToDiagnose, diagnose, record_lines
-    from .redact import redact_text
+def _diagnose_options(args: argparse.Namespace, sequential):
+    """The diagnosis options of ``diagnose`` or ``run --diagnose``, checked (one sentence each)."""
+    from .diagnosis.experiment import DiagnoseOptions
+    from .stats import MIN_INVOCATIONS
 
     arms = [name.strip() for name in args.diagnose_arms.split(",") if name.strip()] if args.diagnose_arms else None
-    if args.ablation_invocations is not None and args.ablation_invocations < 1:
-        raise BenchlibError(f"--ablation-invocations must be at least 1, not {args.ablation_invocations}.")
+    if args.ablation_invocations is not None and args.ablation_invocations < MIN_INVOCATIONS:
+        raise BenchlibError(f"--ablation-invocations must be at least {MIN_INVOCATIONS} (a share needs a 95 % "
+                            f"interval on each side), not {args.ablation_invocations}.")
     if args.max_ablations < 1:
         raise BenchlibError(f"--max-ablations must be at least 1, not {args.max_ablations}.")
-    options = DiagnoseOptions(arms=arms, invocations=args.ablation_invocations, max_ablations=args.max_ablations,
-                              both_sides=args.both_sides, sequential=sequential, gpu_lock=args.gpu_lock,
-                              lock_timeout_s=args.lock_timeout, progress=not args.no_progress)
+    if sequential is not None and args.ablation_invocations is not None:
+        raise BenchlibError("--ablation-invocations sets a fixed design and --until a sequential one; give one of them.")
+    return DiagnoseOptions(arms=arms, invocations=args.ablation_invocations, max_ablations=args.max_ablations,
+                           both_sides=args.both_sides, sequential=sequential, gpu_lock=args.gpu_lock,
+                           lock_timeout_s=args.lock_timeout, progress=not args.no_progress)
+
+
+def _diagnose(run_dir: Path, options) -> bool:
+    """Run the diagnosis of ``run_dir`` and print it; False when there was nothing to diagnose (said why)."""
+    from .diagnosis.experiment import NothingToDiagnose, diagnose, record_lines
+    from .redact import redact_text
+
     try:
         record = diagnose(run_dir, options, log=lambda message: print(message, file=sys.stderr))
     except NothingToDiagnose as exc:
@@ -68,7 +79,7 @@ def _cmd_diagnose(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir)
     if not (run_dir / "manifest.json").is_file():
         raise BenchlibError(f"{run_dir} is not a run folder (it has no manifest.json); name one under outputs/.")
-    _diagnose(run_dir, args, sequential=_sequential_flags(args))
+    _diagnose(run_dir, _diagnose_options(args, _sequential_flags(args)))
     if args.report:
         from .report import build_report
 

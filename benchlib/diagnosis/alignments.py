@@ -228,8 +228,9 @@ class ApplyEnv(Alignment):
 
     @property
     def fix(self) -> str:
-        parts = [f"{name}={value}" if value is not None else f"unset {name}" for name, value in self.values]
-        return f"the baseline gets the same with {', '.join(parts)}"
+        parts = [f"{name}={value}" if value is not None else f"{name} unset" for name, value in self.values]
+        return (f"the arm's {', '.join(parts)} is what does it: change that in the arm (its image's ENV or the run's "
+                "-e)")
 
 
 def _env_words(values: tuple[tuple[str, str | None], ...], whose: str) -> str:

@@ -86,20 +86,24 @@ def diagnose(run_dir: str | Path, options: DiagnoseOptions | None = None, log: C
         raise NothingToDiagnose(f"{run_dir.name} has {len(plan.gaps)} case(s) with a gap, but no difference between "
                                 "the arms can be aligned by an ablation arm (see the lines above); compare with an "
                                 "arm that differs in one thing to tell.")
-    invocations = options.invocations or _invocations_of(analysis.manifest, plan)
+    invocations = None if options.sequential else options.invocations or _invocations_of(analysis.manifest, plan)
     unfinished = _unfinished(run_dir, plan)
     common = {"progress": options.progress, "gpu_lock": options.gpu_lock, "lock_timeout_s": options.lock_timeout_s}
     started = time.monotonic()
-    if unfinished is not None:  # the same experiment, interrupted: finish it rather than start again
-        log(f"resuming the diagnosis {unfinished.name} of {run_dir.name} (the same ablation arms)")
-        outcome = run_suite(RunOptions(suite="", resume=unfinished, **common), log=log)
-    else:
-        suite_file = _write_suite(run_dir, analysis.manifest, plan, invocations)
-        log(f"diagnosing {len(plan.gaps)} gap(s) of {run_dir.name} with {len(plan.ablations)} ablation arm(s): "
-            + ", ".join(ablation.arm.name for ablation in plan.ablations))
-        outcome = run_suite(RunOptions(suite=str(suite_file), arms=plan.arms, invocations=invocations,
-                                       out=run_dir / DIAGNOSIS_DIR, skip_unavailable=True,
-                                       sequential=options.sequential, **common), log=log)
+    try:
+        if unfinished is not None:  # the same experiment, interrupted: finish it rather than start again
+            log(f"resuming the diagnosis {unfinished.name} of {run_dir.name} (the same ablation arms)")
+            outcome = run_suite(RunOptions(suite="", resume=unfinished, **common), log=log)
+        else:
+            suite_file = _write_suite(run_dir, analysis.manifest, plan, invocations or MIN_INVOCATIONS)
+            log(f"diagnosing {len(plan.gaps)} gap(s) of {run_dir.name} with {len(plan.ablations)} ablation arm(s): "
+                + ", ".join(ablation.arm.name for ablation in plan.ablations))
+            outcome = run_suite(RunOptions(suite=str(suite_file), arms=plan.arms, invocations=invocations,
+                                           out=run_dir / DIAGNOSIS_DIR, skip_unavailable=True,
+                                           sequential=options.sequential, **common), log=log)
+    except BaseException:
+        log(f"to finish this diagnosis, run benchlib diagnose {run_dir} again: it resumes the same experiment.")
+        raise
     record = measure(outcome.run_dir, plan, analysis.manifest, time.monotonic() - started, options.seed)
     record = _redacted(record)
     _atomic.write_json(outcome.run_dir / DIAGNOSIS_FILE, formats.stamped("diagnosis", record))
@@ -127,9 +131,11 @@ def _unfinished(run_dir: Path, plan: AblationPlan) -> Path | None:
         if (candidate / DIAGNOSIS_FILE).is_file():
             return None
         manifest = load_manifest(candidate)
-        ran = {str(spec["name"]) for spec in manifest.arms} | {item["arm"] for item in manifest.skipped_arms}
+        skipped = {item["arm"] for item in manifest.skipped_arms}
+        ran = {str(spec["name"]) for spec in manifest.arms} | skipped
         cases = {(inv.benchmark, inv.case) for inv in manifest.invocations}
-        if ran == {arm.name for arm in plan.arms} and cases == set(plan.cases):
+        compared = {plan.baseline.name, *(arm.name for arm in plan.gap_arms)}
+        if ran == {arm.name for arm in plan.arms} and cases == set(plan.cases) and not compared & skipped:
             return candidate
         return None
     return None
@@ -171,10 +177,10 @@ def _write_suite(run_dir: Path, manifest: Manifest, plan: AblationPlan, invocati
         entries.append({"benchmark": benchmark, "params": params_file.name})
     try:
         original = load_suite(manifest.suite_file or manifest.suite)
-        settings = {"cooldown_s": original.cooldown_s, "shuffle_arms": original.shuffle_arms, "seed": original.seed,
-                    "timeout_s": original.timeout_s}
+        settings = {"cooldown_s": original.cooldown_s, "seed": original.seed, "timeout_s": original.timeout_s}
     except BenchlibError:  # the suite file moved: the defaults
         settings = {}
+    settings["shuffle_arms"] = True  # no ablation arm always runs in the same place of a round (drift, warm caches)
     suite = {"description": f"diagnosis of {run_dir.name}: the gap cases, the baseline, the arms with gaps and one "
                             "ablation arm per differing mechanism",
              "invocations": invocations, "benchmarks": entries, **settings}
@@ -247,27 +253,35 @@ def _case_record(gap: Gap, ablations: list[PlannedAblation], baseline: str, mani
     if gap.outcome == "fails":
         base_ran, base_due = _ran(manifest, results, baseline, gap.benchmark, gap.case)
         arm_ran, arm_due = _ran(manifest, results, gap.arm, gap.benchmark, gap.case)
-        table = failure_shares({name: _ran(manifest, results, name, gap.benchmark, gap.case) for name in by_label})
+        counts = {}
+        for name, ablation in by_label.items():
+            ran, due = _ran(manifest, results, name, gap.benchmark, gap.case)
+            # an ablation of the arm closes the gap when it runs; one of the baseline reproduces it when it fails
+            counts[name] = (ran, due) if ablation.side == "arm" else (due - ran, due)
+        table = failure_shares(counts)
         record["gap"] = {"baseline_ran": base_ran, "baseline_due": base_due, "arm_ran": arm_ran, "arm_due": arm_due,
-                         "conclusive": base_ran > 0 and arm_ran < arm_due}
+                         "conclusive": base_ran == base_due > 0 and arm_ran == 0}
         record["shares"] = [_share_row(by_label[row["mechanisms"]], row) for row in table.to_dict("records")]
         record["residual"], record["interactions"], record["try_together"] = None, [], None
         return record
     metric = str(gap.metric)
     samples = {name: _samples(results, name, gap.benchmark, gap.case, metric) for name in (baseline, gap.arm, *by_label)}
+    by_key = {(ablation.mechanisms, ablation.side): ablation for ablation in ablations}
     shares = gap_shares(samples[baseline], samples[gap.arm],
-                        [Ablation((name,), ablation.side, samples[name]) for name, ablation in by_label.items()],
+                        [Ablation(ablation.mechanisms, ablation.side, samples[name]) for name, ablation in by_label.items()],
                         seed=seed)
     record["gap"] = {"ratio": _number(shares.gap.value), "ci_low": _number(shares.gap.low),
                      "ci_high": _number(shares.gap.high), "conclusive": shares.conclusive,
                      "n_inv_base": len(samples[baseline]), "n_inv_arm": len(samples[gap.arm])}
-    record["shares"] = [_share_row(by_label[row["mechanisms"][0]], row) for row in shares.shares.to_dict("records")]
+    record["shares"] = [_share_row(by_key[tuple(row["mechanisms"]), row["side"]], row)
+                        for row in shares.shares.to_dict("records")]
     record["residual"] = (None if shares.residual is None else
                           {"share": _number(shares.residual.value), "ci_low": _number(shares.residual.low),
                            "ci_high": _number(shares.residual.high)})
     record["interactions"] = []
     together = combination_to_try(shares)
-    record["try_together"] = [by_label[name].mechanisms[0] for name in together] if together else None
+    titles = {mechanism: ablation.title for ablation in ablations for mechanism in ablation.mechanisms}
+    record["try_together"] = [titles.get(name, name) for name in together] if together else None
     return record
 
 
@@ -285,9 +299,22 @@ def _share_row(ablation: PlannedAblation, row: dict[str, Any]) -> dict[str, Any]
 
 
 def latest(run_dir: str | Path) -> dict[str, Any] | None:
-    """The newest diagnosis record of ``run_dir`` (by its run folder's name), or None."""
+    """The diagnoses of ``run_dir`` as one record (None without any): the newest's fields, and per
+    (arm, benchmark, case) the newest diagnosis of it against the same baseline, so diagnosing another
+    arm later keeps the first arm's shares."""
     found = sorted(Path(run_dir, DIAGNOSIS_DIR).glob(f"*/{DIAGNOSIS_FILE}"))
-    return formats.read_json(found[-1], "diagnosis") if found else None
+    if not found:
+        return None
+    records = [formats.read_json(path, "diagnosis") for path in found]
+    merged = dict(records[-1])
+    cases: dict[tuple, dict] = {}
+    for record in records:
+        if record.get("baseline") != merged.get("baseline"):
+            continue
+        for case in record.get("cases", []):
+            cases[case["arm"], case["benchmark"], case["case"]] = {**case, "invocations": record.get("invocations")}
+    merged["cases"] = list(cases.values())
+    return merged
 
 
 def _pct(value: float | None) -> str:
@@ -317,23 +344,35 @@ def case_sentence(case: dict[str, Any], baseline: str, invocations: int | None =
     measured = f"measured by ablation, {invocations} invocations per arm" if invocations else "measured by ablation"
     if case["outcome"] == "fails":
         if not gap.get("conclusive"):
-            return (f"Why {label} ({measured}): the failure did not recur in {case['arm']} during the diagnosis "
-                    f"({gap.get('arm_ran')} of {gap.get('arm_due')} invocations ran), so no ablation can be credited.")
+            if gap.get("baseline_ran") != gap.get("baseline_due"):
+                why = (f"{baseline} itself failed in {gap['baseline_due'] - gap['baseline_ran']} of "
+                       f"{gap.get('baseline_due')} invocations")
+            else:
+                why = (f"{case['arm']} failed in only {gap['arm_due'] - gap['arm_ran']} of {gap.get('arm_due')} "
+                       "invocations (an intermittent failure needs more invocations)")
+            return f"Why {label} ({measured}): during the diagnosis {why}, so no ablation can be credited."
         lead = f"{case['arm']} fails where {baseline} runs"
         causes = [row for row in case["shares"] if row["verdict"] == "cause"]
-        said = [f"with {row['what']} it ran {_pct(row['share'])}{_interval(row)} of its invocations (fix: {row['fix']})"
-                for row in causes]
+        said = [(f"with {row['what']} it ran in {_pct(row['share'])}{_interval(row)} of its invocations "
+                 f"(fix: {row['fix']})") if row["side"] == "arm" else
+                (f"giving {baseline} {row['what']} made it fail in {_pct(row['share'])}{_interval(row)} of its "
+                 f"invocations") for row in causes]
     else:
+        if not gap.get("n_inv_base") or not gap.get("n_inv_arm"):
+            return (f"Why {label} ({measured}): {baseline if not gap.get('n_inv_base') else case['arm']} has no results "
+                    "in the diagnosis, so no share is computed; see the diagnosis run's problems.")
         if not gap.get("conclusive"):
             return (f"Why {label} ({measured}): the gap did not show again beside the ablation arms "
                     f"({case['arm']} / {baseline} = {_ratio(gap)}), so no share is computed; run the diagnosis with "
                     "more invocations.")
         lead = f"{case['arm']} / {baseline} = {_ratio(gap)} ({case['metric']})"
         causes = [row for row in case["shares"] if row["verdict"] == "cause"]
-        gap_word = "speed-up" if case["outcome"] == "faster" else "gap"
+        faster = case["outcome"] == "faster"
         said = [f"{'aligning' if row['side'] == 'arm' else 'giving ' + baseline} {row['title']} "
                 f"({row['what']}) {'closes' if row['side'] == 'arm' else 'reproduces'} {_pct(row['share'])}"
-                f"{_interval(row)} of the {gap_word} (fix: {row['fix']})" for row in causes]
+                f"{_interval(row)} of the {'speed-up' if faster else 'gap'} "
+                + ("(the arm's setting of it is what makes it faster: give the baseline the same to have it there)"
+                   if faster else f"(fix: {row['fix']})") for row in causes]
     ruled = [f"{row['title']} ({_pct(row['share'])}{_interval(row)})" for row in case["shares"]
              if row["verdict"] == "ruled out"]
     unclear = [f"{row['title']} ({_pct(row['share'])}{_interval(row)})" for row in case["shares"]
@@ -347,6 +386,10 @@ def case_sentence(case: dict[str, Any], baseline: str, invocations: int | None =
     residual = case.get("residual")
     if residual and residual.get("share") is not None and said:
         parts.append(f"unexplained: {_pct(residual['share'])}{_interval(residual)}")
+    beyond = [row for row in case["shares"] if row.get("share") is not None and row["share"] > 1.05]
+    if beyond and said:
+        parts.append("a share above 100 % (and a negative remainder) means that ablation arm came out "
+                     f"{'slower' if case['outcome'] == 'faster' else 'faster'} than {baseline} within the noise")
     if case.get("try_together"):
         parts.append("no mechanism alone closes it: align " + " and ".join(case["try_together"])
                      + " together to test an interaction")
@@ -355,12 +398,13 @@ def case_sentence(case: dict[str, Any], baseline: str, invocations: int | None =
 
 def record_lines(record: dict[str, Any]) -> list[str]:
     """The whole diagnosis in lines: one per case, then what was not tried, then the time it took."""
-    lines = [case_sentence(case, record["baseline"], record.get("invocations")) for case in record["cases"]]
+    lines = [case_sentence(case, record["baseline"], case.get("invocations", record.get("invocations")))
+             for case in record["cases"]]
     lines += [f"Not tried for {item['gap_arm']}: {item['title']}: {item['why'].rstrip('.')}."
               for item in record["not_tried"]]
     ratio = record["invocation_s"] / record["comparison_s"] if record.get("comparison_s") else None
-    lines.append(f"The diagnosis took {record['invocation_s']:.0f} s of invocations for "
-                 f"{len(record['ablations'])} ablation arm(s)"
+    lines.append(f"The diagnosis took {record['invocation_s']:.0f} s of invocations (the baseline, the arm(s) and "
+                 f"{len(record['ablations'])} ablation arm(s))"
                  + (f": {ratio:.1f}x the {record['comparison_s']:.0f} s the comparison of these cases took" if ratio
                     else "") + f" ({record['wall_s']:.0f} s of wall time in the last command).")
     return lines

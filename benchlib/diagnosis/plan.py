@@ -188,7 +188,7 @@ def _derive(base: Arm, alignment: Alignment, name: str) -> Arm:
     derived = base
     for mechanism, value in vary_settings(alignment, base):
         derived = launcher.vary(derived, mechanism, value)
-    if derived == base:
+    if replace(derived, name=base.name) == base:
         raise CannotVary(f"arm {base.name!r} already runs with {alignment.what}, so aligning it changes nothing.")
     return replace(derived, name=name)
 
@@ -197,10 +197,11 @@ def _arm_name(gap_arm: str, mechanism: str, side: Side, baseline: str, taken: se
     """``<gap arm>~<mechanism>`` (or ``<baseline>~<mechanism>`` for the baseline's side), folder-safe,
     at most 64 characters, unique."""
     owner = gap_arm if side == "arm" else f"{baseline}~{gap_arm}"
-    name = f"{owner}~{re.sub(r'[^A-Za-z0-9_.+-]+', '-', mechanism).strip('-')}"
-    if len(name) > 64 or name in taken:
-        digest = hashlib.sha1(f"{owner}|{mechanism}|{side}".encode()).hexdigest()[:8]
-        name = f"{name[:55]}-{digest}"
+    name, attempt = f"{owner}~{re.sub(r'[^A-Za-z0-9_.+-]+', '-', mechanism).strip('-')}", 0
+    readable = name
+    while len(name) > 64 or name in taken:
+        digest = hashlib.sha1(f"{owner}|{mechanism}|{side}|{attempt}".encode()).hexdigest()[:8]
+        name, attempt = f"{readable[:55]}-{digest}", attempt + 1
     taken.add(name)
     return name
 
