@@ -285,7 +285,7 @@ class Analysis:
         covered the case (benchlib.diagnosis.experiment); otherwise, without an experiment, the differing
         mechanisms that act on what the case is sensitive to (benchlib.diagnosis.blame); the others are
         named as not acting on it, so a /dev/shm difference is never blamed for a GPU matrix product."""
-        from .diagnosis.blame import blame, case_sensitivity
+        from .diagnosis.blame import blame, sensitivity_in
         from .diagnosis.experiment import case_sentence
         from .diagnosis.mechanisms import fingerprint_pairs
 
@@ -296,11 +296,10 @@ class Analysis:
                     return case_sentence(diagnosed, str(self.baseline), diagnosed.get("invocations"))
 
         found = fingerprint_pairs(self.envs, str(self.baseline), [arm], benchmark=benchmark, case=case).get(arm)
-        rows = self.results[(self.results["benchmark"] == benchmark) & (self.results["case"] == case)]
-        if found is None or rows.empty:
+        sensitivity = sensitivity_in(self.results, benchmark, case)
+        if found is None or sensitivity is None:
             return ""
-        first = rows.iloc[0]
-        verdict = blame(found, case_sensitivity(benchmark, first["params"], str(first["device"])))
+        verdict = blame(found, sensitivity)
         likely, _ = verdict.sentences(str(self.baseline), arm)
         label = figures.case_label(benchmark, case)
         if likely:

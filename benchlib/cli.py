@@ -34,12 +34,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if diagnosis is not None:
         _diagnose(outcome.run_dir, diagnosis)
     if args.report:
-        from .report import build_report
-
-        report = build_report(outcome.run_dir)
-        print(f"report: {report.html}")
-        print(_answer(report.summary_json, outcome.manifest.skipped_arms))
+        _report_and_answer(outcome.run_dir, outcome.manifest.skipped_arms)
     return 0 if outcome.ok else 1
+
+
+def _report_and_answer(run_dir: Path, skipped_arms: list[dict[str, str]]) -> None:
+    """Build the run's report, then print its path and the one-line answer."""
+    from .report import build_report
+
+    report = build_report(run_dir)
+    print(f"report: {report.html}")
+    print(_answer(report.summary_json, skipped_arms))
 
 
 def _diagnose_options(args: argparse.Namespace, sequential):
@@ -81,11 +86,7 @@ def _cmd_diagnose(args: argparse.Namespace) -> int:
         raise BenchlibError(f"{run_dir} is not a run folder (it has no manifest.json); name one under outputs/.")
     _diagnose(run_dir, _diagnose_options(args, _sequential_flags(args)))
     if args.report:
-        from .report import build_report
-
-        report = build_report(run_dir)
-        print(f"report: {report.html}")
-        print(_answer(report.summary_json, []))
+        _report_and_answer(run_dir, [])
     return 0
 
 

@@ -16,7 +16,7 @@ from typing import Any, Mapping, Sequence
 from .classes import NO_KNOWN_EFFECT, UNKNOWN, Sensitivity
 from .mechanisms import Difference
 
-__all__ = ["Blame", "blame", "case_sensitivity"]
+__all__ = ["Blame", "blame", "case_sensitivity", "sensitivity_in"]
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,15 @@ def blame(differences: Sequence[Difference], sensitivity: Sensitivity) -> Blame:
         else:
             also.append((difference, reason))
     return Blame(tuple(likely), tuple(also), sensitivity.classes)
+
+
+def sensitivity_in(results: Any, benchmark: str, case: str) -> Sensitivity | None:
+    """The sensitivity of one case of a run, from its first row in the run's results (a DataFrame with
+    ``benchmark``, ``case``, ``params`` and ``device``), or None when the case has no row."""
+    rows = results[(results["benchmark"] == benchmark) & (results["case"] == case)]
+    if rows.empty:
+        return None
+    return case_sensitivity(benchmark, rows.iloc[0]["params"], str(rows.iloc[0]["device"]))
 
 
 def case_sensitivity(benchmark: str, params: Mapping[str, Any] | str, device: str) -> Sensitivity:

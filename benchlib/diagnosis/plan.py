@@ -25,7 +25,7 @@ from typing import Any, Callable, Literal, Mapping, Sequence
 from ..arms import Arm, CannotVary, Mechanism, launcher_for
 from .alignments import (AlignCpuQuota, AlignCpuset, AlignIpcHost, AlignShm, AlignUlimit, Alignment, ApplyEnv,
                          Combined, SeccompUnconfined, SetEnv, SetThreads, Side, StackSplit)
-from .blame import blame, case_sensitivity
+from .blame import blame, sensitivity_in
 from .classes import NO_KNOWN_EFFECT, UNKNOWN
 from .mechanisms import Difference, fingerprint_pairs
 
@@ -212,12 +212,7 @@ def _arm_name(gap_arm: str, mechanism: str, side: Side, baseline: str, taken: se
 def _order(differences: list[Difference], gaps: list[Gap], analysis: Any) -> list[Difference]:
     """In-class for some gap's case first, then unknown effect, then the rest (known effect elsewhere),
     then those known to leave speed alone; the mechanisms table's order within each."""
-    sensitivities = []
-    for gap in gaps:
-        rows = analysis.results[(analysis.results["benchmark"] == gap.benchmark)
-                                & (analysis.results["case"] == gap.case)]
-        if not rows.empty:
-            sensitivities.append(case_sensitivity(gap.benchmark, rows.iloc[0]["params"], str(rows.iloc[0]["device"])))
+    sensitivities = [s for s in (sensitivity_in(analysis.results, gap.benchmark, gap.case) for gap in gaps) if s]
     likely = {d.mechanism for sensitivity in sensitivities for d in blame(differences, sensitivity).likely}
 
     def rank(difference: Difference) -> int:
@@ -258,10 +253,10 @@ def plan_ablations(analysis: Any, run_arms: Sequence[Arm], arms: Sequence[str] |
     for gap_arm in gap_arms:
         found = fingerprint_pairs(analysis.envs, baseline.name, [gap_arm.name]).get(gap_arm.name, [])
         ordered = _order(found, [gap for gap in gaps if gap.arm == gap_arm.name], analysis)
+        stack = _stack_arms(analysis, by_name, gap_arm)
         count = 0
         for difference in ordered:
-            tries, reasons = _tries(difference, gap_arm, baseline, _stack_arms(analysis, by_name, gap_arm),
-                                    both_sides, taken)
+            tries, reasons = _tries(difference, gap_arm, baseline, stack, both_sides, taken)
             if not tries:
                 if NO_KNOWN_EFFECT in difference.classes and not difference.alignments:
                     continue  # known to leave speed alone, and nothing could align it anyway
