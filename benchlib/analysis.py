@@ -8,6 +8,7 @@ is a thin page over it; benchlib.render exports it.
 from __future__ import annotations
 
 import html
+import shlex
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -17,7 +18,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from . import envdiff, figures, schema, stats
+from . import comparisons, envdiff, envtable, figures, schema, stats
 from .arms import flag_privileges, launcher_for
 from .checks import Finding
 from .checks.baseline import CHECK as NOT_BARE_METAL, bare_metal_findings
@@ -28,9 +29,11 @@ from .findings import check_problems, context_findings, performance_rows
 from .layout import RESULTS_FILE
 from .manifest import COMPLETE, FAILED, Invocation, Manifest
 from .numbers import ceiling_fractions, energy_per_work, ok_rows, slower_rows
+from .throttling import throttle_reasons
 from .results import default_run_dir, load_envs, load_manifest, load_telemetry, read_results
 from .wording import (DECOMPOSITION_TITLES, DOMINATED_SHARE, FASTER_BAND, group_answer, image_mismatch,
-                      missing_effects, named, overhead_text, p_text, ratio_text, untested)
+                      missing_effects, named, overhead_text, p_text, ratio_text, throttle_note,
+                      throttle_reasons_of, untested)
 
 __all__ = ["FIGURES", "Analysis", "analyse", "decomposition_roles", "role_of"]
 
@@ -131,10 +134,13 @@ def _stat_problems(comparison: pd.DataFrame) -> list[str]:
         if column not in comparison.columns:
             continue
         hot = comparison[comparison[column].astype(float) > THROTTLED_SHARE].drop_duplicates(["benchmark", "case", who])
+        reasons = f"throttle_reasons_{'arm' if who == 'arm' else 'base'}"
         for row in hot.itertuples(index=False):
+            why = getattr(row, reasons, "") if reasons in comparison.columns else ""
             problems.append(f"{100 * getattr(row, column):.0f} % of the samples of {getattr(row, who)} in "
-                            f"{row.benchmark} {row.case} ran while the GPU was throttled; the summary table "
-                            "also shows the verdict without them.")
+                            f"{row.benchmark} {row.case} ran while the GPU was throttled"
+                            + (f" (by {why})" if isinstance(why, str) and why else "")
+                            + "; the comparison tables also show the verdict without them.")
     return problems
 
 
@@ -311,6 +317,19 @@ class Analysis:
                 + (f" ({listed})" if listed else "") + ", so throttling, noise or an untested mechanism remain: "
                 "an experiment that changes one difference at a time would tell.")
 
+    def missing_telemetry(self) -> str:
+        """A sentence when no GPU telemetry was recorded (no NVML, or a CPU-only run), saying why if the
+        fingerprints do; "" when there is telemetry."""
+        if not self.telemetry.empty:
+            return ""
+        statuses = [str((env.get("telemetry") or {}).get("status", "")) for env in self.envs.values()
+                    if isinstance(env.get("telemetry"), dict)]
+        reasons = sorted({status for status in statuses if status and status != "ok"})
+        why = f" ({'; '.join(reasons[:2])})" if reasons else ""
+        return (f"No GPU telemetry was recorded{why}: whether the GPU was throttled or held its clocks could not "
+                "be checked, so no verdict here is corrected for throttling; install the NVIDIA driver's NVML "
+                "(pynvml) where the run runs to get it.")
+
     def answer_parts(self) -> dict[str, Any]:
         """The answer in sentences: per compared arm, one sentence per workload group (fails / slower by
         X % [CI] / faster / same / not sure), how sure, the likely cause and the context that differs;
@@ -369,6 +388,13 @@ class Analysis:
             notes = "".join(f"<p class='benchlib-note'>{html.escape(text)}</p>" for text in extra if text)
             blocks.append(f"<p><strong>Does {html.escape(item['arm'])} cost performance against "
                           f"{html.escape(str(item['baseline']))}?</strong></p><ul>{groups}</ul>{notes}")
+        throttled = self.throttled_frame()
+        if not throttled.empty:
+            blocks.append("<p><strong>Throttled GPU:</strong> most samples of these comparisons ran while the GPU "
+                          "was throttled; the verdict with all samples and without the throttled ones:</p>"
+                          + figures.html_table(throttled))
+        if self.missing_telemetry():
+            blocks.append(f"<p class='benchlib-note'><strong>Missing:</strong> {html.escape(self.missing_telemetry())}</p>")
         if parts["stops"]:
             design = self.manifest.sequential or {}
             items = "".join(f"<li>{html.escape(text)}</li>" for text in parts["stops"])
@@ -401,23 +427,33 @@ class Analysis:
 
     # ----------------------------------------------------------------- tables
 
+    @cached_property
+    def lines(self) -> pd.DataFrame:
+        """Every performance comparison and failed case as read (benchlib.comparisons.comparison_lines):
+        outcome, values with their spread between invocations, the change with its interval, p."""
+        failures = {arm: self.failures(arm) for arm in self.arms[1:]} if self.baseline is not None else {}
+        return comparisons.comparison_lines(self.performance, performance_rows(self.results), self.margin, failures)
+
     def summary_frame(self) -> pd.DataFrame:
-        """The comparison as people read it: one row per case, metric and arm."""
-        rows = []
-        for row in self.comparison.itertuples(index=False):
-            record = {
-                "case": figures.case_label(row.benchmark, row.case, row.metric), "arm": row.arm,
-                "invocations": f"{row.n_inv_arm} / {row.n_inv_base}",
-                "baseline median": figures.format_value(row.median_base, str(row.unit)),
-                "arm median": figures.format_value(row.median_arm, str(row.unit)),
-                "ratio [95 % CI]": ratio_text(row.ratio, row.ci_low, row.ci_high),
-                "verdict": row.verdict, "band": row.band if isinstance(row.band, str) else "",
-                "p TOST (Holm)": p_text(row.p_tost_holm), "p Welch (Holm)": p_text(row.p_welch_holm),
-            }
-            if "verdict_unthrottled" in self.comparison.columns:
-                record["without throttled samples"] = row.verdict_unthrottled
-            rows.append(record)
-        return pd.DataFrame(rows)
+        """The comparisons as people read them, one row per comparison or failed case, in outcome order
+        (slower, faster, same, open, failed): :data:`benchlib.comparisons.LINE_COLUMNS`, ``line`` the
+        compare_to style line. :meth:`summary_table` shows them a table per outcome and benchmark."""
+        return self.lines
+
+    def throttled_frame(self) -> pd.DataFrame:
+        """The comparisons dominated by throttling (over DOMINATED_SHARE of an arm's samples), the verdict
+        with all samples and without the throttled ones side by side, with the throttle's reasons."""
+        shares = [c for c in ("throttled_share_arm", "throttled_share_base") if c in self.performance.columns]
+        if not shares:
+            return pd.DataFrame()
+        rows = self.performance[(self.performance[shares].astype(float) > DOMINATED_SHARE).any(axis=1)]
+        return pd.DataFrame([{
+            "case": figures.case_label(row.benchmark, row.case, row.metric), "arm": row.arm,
+            "throttled samples": f"{100 * float(row.throttled_share_arm or 0):.0f} % {row.arm}, "
+                                 f"{100 * float(row.throttled_share_base or 0):.0f} % {row.baseline}",
+            "why throttled": throttle_reasons_of(row) or "not reported",
+            "with all samples": str(row.verdict), "without the throttled samples": str(row.verdict_unthrottled),
+        } for row in rows.itertuples(index=False)])
 
     # ----------------------------------------------------------------- notebook display
 
@@ -458,6 +494,46 @@ class Analysis:
         rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in facts)
         return Html(f"<style>{CSS}</style><table class='benchlib-facts'>{rows}</table>")
 
+    def command(self) -> tuple[str, bool]:
+        """(the command that made the run, whether the manifest recorded it): the recorded one, else the
+        equivalent ``benchlib run --suite ... --arms ... --invocations N`` from the manifest."""
+        recorded = self.manifest.benchlib.get("command")
+        if recorded:
+            return str(recorded), True
+        counts = [inv.invocation for inv in self.manifest.invocations]
+        parts = ["benchlib", "run", "--suite", self.manifest.suite,
+                 "--arms", ",".join(str(spec.get("name")) for spec in self.manifest.arms)]
+        if self.manifest.sequential:
+            parts += ["--until", "conclusive"]
+        elif counts:
+            parts += ["--invocations", str(max(counts))]
+        return shlex.join(parts), False
+
+    def provenance(self) -> list[tuple[str, str]]:
+        """(fact, value) for the footer: the command, the commit and version of benchlib that ran it, and
+        the versions (torch, CUDA, driver, Python) each arm ran with."""
+        command, recorded = self.command()
+        facts = [("command", command if recorded else f"not recorded in the manifest; the equivalent: {command}"),
+                 ("benchlib", f"{self.manifest.benchlib.get('version', 'unknown')}, commit "
+                              f"{self.manifest.benchlib.get('commit') or 'not recorded'}"),
+                 ("run", f"{self.run_id}, started {self.manifest.created_at}")]
+        system = self.system_frame().set_index("")
+        for title in ("torch", "CUDA (driver API / torch's runtime)", "NVIDIA driver", "Python"):
+            if title in system.index:
+                values = dict(system.loc[title])
+                same = len(set(values.values())) == 1
+                text = (next(iter(values.values())) + " (every arm)" if same and values
+                        else "; ".join(f"{arm}: {value}" for arm, value in values.items()))
+                facts.append((title, text))
+        return facts
+
+    def footer(self) -> Html:
+        """How the run was made, to reproduce it: :meth:`provenance`, with a link back to the index."""
+        rows = "".join(f"<tr><th>{html.escape(k)}</th><td><code>{html.escape(v)}</code></td></tr>" if k == "command"
+                       else f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in self.provenance())
+        return Html(f"<style>{CSS}</style><table class='benchlib-facts benchlib-footer'>{rows}</table>"
+                    "<p class='benchlib-note'><a href='../index.html'>All reports</a></p>")
+
     def _problems_html(self) -> str:
         if not self.problems:
             return ""
@@ -469,15 +545,36 @@ class Analysis:
         return Html(f"<div class='benchlib-verdict'>{paragraphs}</div>")
 
     def env_table(self) -> Html:
-        """The fingerprint differences, known mechanisms first."""
+        """The fingerprint differences in one table, known mechanisms first, with the effect (isolation,
+        stack, container) each belongs to."""
         if len(self.arms) < 2:
             return Html("<p class='benchlib-note'>One arm: there is no other fingerprint to compare with.</p>")
         if self.env_diff.empty:
             return Html("<p class='benchlib-note'>The arms' fingerprints do not differ (noise keys such as "
                         "timestamps, pids and free memory are ignored).</p>")
-        frame = self.env_diff.drop(columns=["differs"]).rename(
-            columns={"mechanism": "known mechanism", "why": "why it matters", "varies_in": "varies within"})
-        return Html(figures.html_table(frame.fillna("")))
+        frame = self.env_frame()
+        if frame.empty:
+            return Html("<p class='benchlib-note'>The arms' fingerprints differ only in their namespace ids: "
+                        "each container has its own namespaces.</p>")
+        return Html(figures.html_table(frame))
+
+    def env_frame(self) -> pd.DataFrame:
+        """The one environment table (benchlib.envtable.env_frame): known mechanisms first, the effect each
+        difference belongs to, values as read."""
+        kinds = {str(spec.get("name")): str(spec.get("kind", "")) for spec in self.manifest.arms}
+        return envtable.env_frame(self.env_diff, self.arms, self.baseline, kinds)
+
+    def system_frame(self) -> pd.DataFrame:
+        """GPU, driver, CUDA, torch, Python, CPU, OS, container engine and image per arm."""
+        return envtable.system_frame(self.envs, self.manifest.arms, self.arms)
+
+    def system_table(self) -> Html:
+        """The system and software of each arm, from its fingerprints and the manifest."""
+        if not self.arms:
+            return Html("<p class='benchlib-note'>No arm ran: no system to describe.</p>")
+        note = ("" if self.envs else "<p class='benchlib-note'>No fingerprint (env.json) was recorded: only the "
+                "manifest's facts are shown.</p>")
+        return Html(note + figures.html_table(self.system_frame()))
 
     def decomposition_frame(self) -> pd.DataFrame:
         """The decomposition as people read it: one row per case and metric, effects as overhead."""
@@ -507,25 +604,22 @@ class Analysis:
             return Html(notes)
         return Html(notes + figures.html_table(self.decomposition_frame()))
 
-    def decomposition_env(self, effect: str) -> Html:
-        """The fingerprint keys that differ between native and the arm of one effect ("isolation" or "stack")."""
-        role = {"isolation": "isolated", "stack": "rootfs"}[effect]
-        native, arm = self.roles.get("native"), self.roles.get(role)
-        if native is None or arm is None:
-            return Html(f"<p class='benchlib-note'>No {html.escape(role)} arm in this run: nothing to compare with native.</p>")
-        diff = envdiff.between(self.env_diff, arm, native)
-        if diff.empty:
-            return Html(f"<p class='benchlib-note'>The fingerprints of {html.escape(native)} and {html.escape(arm)} "
-                        "do not differ (noise keys such as timestamps and pids are ignored).</p>")
-        repeated = diff["mechanism"].notna() & diff["mechanism"].duplicated()
-        frame = diff.assign(why=diff["why"].mask(repeated, "")).rename(
-            columns={"mechanism": "known mechanism", "why": "why it matters"})
-        return Html(figures.html_table(frame.fillna("")))
-
     def summary_table(self) -> Html:
-        if self.comparison.empty:
+        """The comparisons grouped by outcome (slower, faster, the same, open, failed), a table per
+        benchmark with its case parameters as columns (benchlib.comparisons)."""
+        if self.lines.empty:
             return Html("<p class='benchlib-note'>No comparison: see the problems at the top.</p>")
-        return Html(figures.html_table(self.summary_frame()))
+        blocks, seen = [], set()
+        for outcome, benchmark, part in comparisons.grouped(self.lines):
+            if outcome not in seen:
+                seen.add(outcome)
+                count = int(self.lines["outcome"].eq(outcome).sum())
+                title = comparisons.OUTCOME_TITLES[outcome]
+                blocks.append(f"<p class='benchlib-outcome benchlib-{outcome}'><strong>{html.escape(title)}</strong> "
+                              f"({count})</p>")
+            blocks.append(f"<p class='benchlib-caption'>{html.escape(benchmark)}</p>"
+                          + figures.html_table(comparisons.table_of(part), "benchlib-table benchlib-compare"))
+        return Html(f"<style>{CSS}{comparisons.CSS}</style>" + "".join(blocks))
 
 
 def _arm_description(spec: dict[str, Any]) -> str:
@@ -627,5 +721,17 @@ def _compare(results: pd.DataFrame, telemetry: pd.DataFrame, baseline: str | Non
     if subset.empty:
         return empty
     with np.errstate(divide="ignore", invalid="ignore"):
-        return method(subset, baseline=baseline, margin=margin)
+        compared = method(subset, baseline=baseline, margin=margin)
+    return compared if telemetry.empty else _with_reasons(compared, telemetry)
+
+
+def _with_reasons(comparison: pd.DataFrame, telemetry: pd.DataFrame) -> pd.DataFrame:
+    """The comparison with why the GPU was throttled in the arm's and the baseline's samples
+    (benchlib.throttling), columns throttle_reasons_arm and throttle_reasons_base ("" when not)."""
+    reasons = throttle_reasons(telemetry)
+    out = comparison.merge(reasons.rename(columns={"reasons": "throttle_reasons_arm"}),
+                           on=["arm", "benchmark", "case"], how="left")
+    out = out.merge(reasons.rename(columns={"arm": "baseline", "reasons": "throttle_reasons_base"}),
+                    on=["baseline", "benchmark", "case"], how="left")
+    return out.fillna({"throttle_reasons_arm": "", "throttle_reasons_base": ""})
 

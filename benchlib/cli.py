@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import signal
 import sys
 from pathlib import Path
@@ -25,7 +26,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     options = RunOptions(suite=suite, arms=arms, invocations=args.invocations, out=Path(args.out),
                          resume=resume, skip_unavailable=args.skip_unavailable, progress=not args.no_progress,
                          gpu_lock=args.gpu_lock, lock_timeout_s=args.lock_timeout,
-                         sequential=_sequential_flags(args))
+                         sequential=_sequential_flags(args), command=_command_line(args))
     if resume is None:  # a resume names its run's suite itself
         print(f"suite {suite}" + (f", arms {args.arms}" if args.arms else ""), file=sys.stderr)
     diagnosis = _diagnose_options(args, sequential=None) if args.diagnose else None  # bad input: before the run
@@ -36,6 +37,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.report:
         _report_and_answer(outcome.run_dir, outcome.manifest.skipped_arms)
     return 0 if outcome.ok else 1
+
+
+def _command_line(args: argparse.Namespace) -> str:
+    """The command as typed (``benchlib run --suite quick --arms native,isolated``), for the manifest
+    and the report's footer."""
+    return shlex.join(["benchlib", *getattr(args, "argv", [])])
 
 
 def _report_and_answer(run_dir: Path, skipped_arms: list[dict[str, str]]) -> None:
@@ -342,7 +349,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Exit status: 0 done, 1 done with failures (failed invocations, nothing comparable), 2 bad input,
     128 + the signal number when SIGINT (130) or SIGTERM (143) stopped it."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     try:
         return args.handler(args)
     except BenchlibError as exc:

@@ -18,6 +18,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import pandas as pd
 
+from .units import env_value
+
 __all__ = [
     "ABSENT", "ARM_IDENTITY", "DIFF_COLUMNS_HEAD", "DIFF_COLUMNS_TAIL", "IGNORED", "MECHANISMS",
     "Mechanism", "arm_counts", "between", "env_diff", "flatten", "is_ignored", "likely_causes",
@@ -209,7 +211,9 @@ def likely_causes(diff: pd.DataFrame, arm: str, baseline: str, limit: int = 2) -
     leads = []
     for mechanism, rows in known.groupby("mechanism", sort=False):
         first = rows.iloc[0]
-        leads.append(f"{mechanism} differs ({first['key']}: {first[baseline]} in {baseline}, {first[arm]} in {arm})")
+        key = str(first["key"])
+        leads.append(f"{mechanism} differs ({key}: {env_value(key, first[baseline])} in {baseline}, "
+                     f"{env_value(key, first[arm])} in {arm})")
     return leads[:limit]
 
 

@@ -87,7 +87,8 @@ class Manifest:
     arms: list[dict[str, Any]]
     invocations: list[Invocation]
     host: dict[str, Any] = field(default_factory=dict)
-    benchlib: dict[str, Any] = field(default_factory=dict)
+    benchlib: dict[str, Any] = field(default_factory=dict)  # version, commit, command (the command line; absent
+    # in runs made before it was recorded, None when not started from the command line)
     skipped_arms: list[dict[str, str]] = field(default_factory=list)  # arm name + why
     status: str = RUNNING
     schema_version: int = SCHEMA_VERSION

@@ -25,6 +25,7 @@ import pandas as pd
 
 from . import _atomic, formats, paths
 from .analysis import Analysis, analyse
+from .comparisons import OUTCOME_TITLES, OUTCOMES
 from .errors import BenchlibError
 from .layout import INDEX_HTML, INDEX_JSON, MARKDOWN, REPORTS_DIR, SUMMARY_CSV, SUMMARY_JSON, report_name
 from .redact import redact_obj, redact_text
@@ -106,10 +107,19 @@ def _markdown(analysis: Analysis) -> str:
     if analysis.problems:
         parts += ["## Problems", "", *(f"- {_md_cell(p)}" for p in analysis.problems), ""]
     parts += ["## Verdict", "", *(f"{_md_cell(p)}\n" for p in analysis.headline())]
-    if not analysis.comparison.empty:
-        parts += ["## Comparisons", "", _md_table(analysis.summary_frame()), ""]
-    if not analysis.env_diff.empty:
-        parts += ["## What differs between the arms", "", _md_table(analysis.env_diff.drop(columns=["differs"])), ""]
+    if not analysis.lines.empty:
+        parts += ["## Comparisons", "", "`±`: the spread between invocations; `[a, b]`: the 95 % confidence "
+                  "interval of the ratio. summary.csv and summary.json keep every number in full.", ""]
+        for outcome in OUTCOMES:
+            lines = analysis.lines[analysis.lines["outcome"] == outcome]
+            if not lines.empty:
+                parts += [f"### {_md_cell(OUTCOME_TITLES[outcome])} ({len(lines)})", "",
+                          *(f"- {_md_cell(line)}" for line in lines["line"]), ""]
+    if analysis.arms:
+        parts += ["## System and software", "", _md_table(analysis.system_frame()), ""]
+    env = analysis.env_frame()
+    if not env.empty:
+        parts += ["## What differs between the arms", "", _md_table(env), ""]
     if not analysis.decomposition.empty:
         parts += ["## Isolation, software stack and their interaction", "",
                   *(f"{_md_cell(note)}\n" for note in analysis.decomposition_notes()),
@@ -166,6 +176,29 @@ def _export(notebook: Any, title: str) -> str:
     return body
 
 
+_HEADING = re.compile(r'<h2 id="([^"]+)"[^>]*>(.*?)</h2>', re.S)
+
+
+def _with_navigation(page: str) -> str:
+    """The exported page with a navigation line under its title: a link back to the index of reports
+    (``../index.html`` from docs/reports/) and a table of contents linking each section's heading
+    (nbconvert gives every heading an id); the answer stays the first thing under it."""
+    links = []
+    for anchor, inner in _HEADING.findall(page):
+        text = html.unescape(re.sub(r"<[^>]+>", "", inner)).replace("¶", "").strip()
+        links.append(f'<a href="#{anchor}">{html.escape(text)}</a>')  # the id as the page has it, escaped there
+    nav = ('<nav class="benchlib-nav" aria-label="contents" style="font-size:0.9em;margin:2px 0 6px 0;'
+           'line-height:1.6"><a href="../index.html">← all reports</a>'
+           + (" · <strong>Contents:</strong> " + " · ".join(links) if links else "") + "</nav>")
+    title = page.find("</h1>")
+    if title == -1:
+        body = re.search(r"<body[^>]*>", page)
+        return page[:body.end()] + nav + page[body.end():] if body else nav + page
+    close = page.find("</div>", page.find("</div>", title) + 1)  # after the title's cell
+    at = close + len("</div>") if close != -1 else title + len("</h1>")
+    return page[:at] + nav + page[at:]
+
+
 def build_report(run_dir: str | Path, docs_dir: str | Path | None = None) -> Report:
     """Analyse a run, export its HTML report into ``docs_dir`` (default ``docs/``) and write the
     summaries beside the run; see the module docstring."""
@@ -176,7 +209,8 @@ def build_report(run_dir: str | Path, docs_dir: str | Path | None = None) -> Rep
     analysis = analyse(run_dir)
     csv, summary, markdown = _write_summaries(analysis)
     with tempfile.TemporaryDirectory(prefix="benchlib-report-") as workdir:
-        page = _export(_execute(run_dir.resolve(), Path(workdir)), f"benchlib report {analysis.run_id}")
+        page = _with_navigation(_export(_execute(run_dir.resolve(), Path(workdir)),
+                                        f"benchlib report {analysis.run_id}"))
     target = _atomic.write_text(docs / REPORTS_DIR / report_name(analysis.run_id),
                                 redact_text(page, html_safe=True))
     publish_index(docs, _index_entry(analysis, target.relative_to(docs).as_posix()))
@@ -209,6 +243,18 @@ def publish_index(docs: Path, entry: dict[str, Any]) -> Path:
     return _atomic.write_text(docs / INDEX_HTML, redact_text(_index_html(entries), html_safe=True))
 
 
+#: The kinds of arm, one line each, for the index page (docs/architecture.md, "Arms").
+ARM_KINDS: tuple[tuple[str, str], ...] = (
+    ("native", "the workload on the host itself, no container: the usual baseline."),
+    ("container", "the same workload in the image, through its engine (docker, podman, apptainer, enroot): "
+                  "what a user of the container gets."),
+    ("isolated", "the host's own files under a container's isolation (runc: namespaces, cgroups, a 64 MiB "
+                 "/dev/shm): the isolation's cost alone."),
+    ("rootfs", "the image's exported files (its torch, CUDA, libraries) entered with chroot, no isolation: "
+               "the software stack's cost alone."),
+)
+
+
 def _index_html(entries: list[dict[str, Any]]) -> str:
     def cell(value: Any) -> str:
         return f"<td>{html.escape(str(value))}</td>"
@@ -220,6 +266,7 @@ def _index_html(entries: list[dict[str, Any]]) -> str:
         f"{cell(e.get('problems', 0))}</tr>"
         for e in entries
     )
+    arms = "".join(f"<li><strong>{html.escape(name)}</strong>: {html.escape(text)}</li>" for name, text in ARM_KINDS)
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <title>benchlib reports</title>
@@ -230,7 +277,10 @@ text-align: left; vertical-align: top; }} th {{ background: #f4f4f4; }}
 </style></head>
 <body>
 <h1>benchlib reports</h1>
-<p>Does the container cost performance, how sure are we, and why? One report per run, newest first.</p>
+<p>Does the container cost performance, how sure are we, and why? One report per run, newest first.
+How it is measured: <a href="methodology.md">the methodology</a>; how to run it: <a href="../README.md">the README</a>.</p>
+<p>The arms a run compares:</p>
+<ul>{arms}</ul>
 <table><thead><tr><th>date</th><th>run</th><th>GPU</th><th>arms (baseline first)</th><th>verdict</th><th>problems</th></tr></thead>
 <tbody>{rows}</tbody></table>
 </body></html>

@@ -74,6 +74,7 @@ class RunOptions:
     gpu_lock: str = "wait"  # another run holds this host's GPU: wait, refuse or off (benchlib.gpulock)
     lock_timeout_s: float | None = None  # with wait: give up after this many seconds (None: no limit)
     sequential: SequentialOptions | None = None  # --until conclusive (overrides the suite's); None: the suite's
+    command: str | None = None  # the command line that started the run (benchlib.cli), kept in the manifest
 
 
 @dataclass
@@ -124,7 +125,7 @@ def _start(options: RunOptions, log) -> RunOutcome:
                 arms=[{**arm.to_dict(), "preflight": facts} for arm, facts in ready],
                 invocations=invocations,
                 host=host,
-                benchlib={"version": __version__, "commit": commit},
+                benchlib={"version": __version__, "commit": commit, "command": options.command},
                 skipped_arms=skipped,
                 suite_file=str(suite.path.resolve()),
                 sequential=sequential,

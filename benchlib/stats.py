@@ -58,7 +58,7 @@ __all__ = [
     "ROLES", "SUMMARY_COLUMNS", "compare", "compare_with_without_throttled", "decompose",
     "hierarchical_bootstrap", "holm", "mark_throttled", "overhead_from_ratio", "required_invocations", "required_invocations_range",
     "deciding_half_width", "deciding_half_width_range",
-    "summarise", "throttle_summary", "tost_welch"
+    "summarise", "throttle_summary", "throttled_polls", "tost_welch"
 ]
 
 CASE_KEYS = ["benchmark", "case", "metric"]
@@ -629,6 +629,12 @@ def _bad_polls(telemetry: pd.DataFrame, sm_clock_fraction: float) -> np.ndarray:
     median = grouped_busy.fillna(grouped_all).to_numpy(dtype=float)
     with np.errstate(invalid="ignore"):
         return bad | (clock < sm_clock_fraction * median)
+
+
+def throttled_polls(telemetry: pd.DataFrame, sm_clock_fraction: float = 0.75) -> np.ndarray:
+    """Per telemetry poll, whether :func:`mark_throttled` counts it as throttled (a non-benign
+    clock-event reason, or an SM clock below ``sm_clock_fraction`` of its median)."""
+    return _bad_polls(telemetry, sm_clock_fraction)
 
 
 def _join_keys(results: pd.DataFrame, telemetry: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:

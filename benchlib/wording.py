@@ -17,7 +17,8 @@ from .stats import EFFECTS, ROLES
 
 __all__ = ["BANDS", "DECOMPOSITION_TITLES", "DOMINATED_SHARE", "FASTER_BAND", "band", "decomposition_reading",
            "group_answer", "image_mismatch", "untested",
-           "missing_effects", "named", "overhead_text", "p_text", "ratio_text", "verdict"]
+           "missing_effects", "named", "overhead_text", "p_text", "ratio_text", "throttle_note", "throttle_reasons_of",
+           "verdict"]
 
 #: (upper bound of overhead, band) for the seed's verdict bands; overhead as a fraction.
 BANDS: tuple[tuple[float, str], ...] = (
@@ -138,7 +139,7 @@ def named(rows: pd.DataFrame, describe: Callable[[Any], str]) -> str:
     named = [f"{figures.case_label(r.benchmark, r.case, r.metric)}: {describe(r)}"
              for r in rows.head(NAMED_CASES).itertuples(index=False)]
     more = len(rows) - len(named)
-    return "; ".join(named) + (f"; and {more} more (see the summary table)" if more else "")
+    return "; ".join(named) + (f"; and {more} more (see the comparison tables)" if more else "")
 
 
 def ratio_text(ratio: float, low: float, high: float) -> str:
@@ -213,6 +214,25 @@ def _throttled_share(row: Any) -> float:
     return max(finite, default=0.0)
 
 
+def throttle_reasons_of(row: Any) -> str:
+    """The throttle reasons (benchlib.throttling) of the side of a comparison row that ran throttled
+    more, or "" when the telemetry named none."""
+    arm = getattr(row, "throttled_share_arm", np.nan)
+    base = getattr(row, "throttled_share_base", np.nan)
+    side = "arm" if not (np.isfinite(float(base)) and (not np.isfinite(float(arm)) or float(base) > float(arm))) else "base"
+    reasons = getattr(row, f"throttle_reasons_{side}", "")
+    return reasons if isinstance(reasons, str) else ""
+
+
+def throttle_note(row: Any) -> str:
+    """``96 % of its samples ran while the GPU was throttled (power cap (software) 98 %); without them:
+    inconclusive: ...``: the share, why, and the verdict without the throttled samples."""
+    reasons = throttle_reasons_of(row)
+    return (f"{100 * _throttled_share(row):.0f} % of its samples ran while the GPU was throttled"
+            + (f" (by {reasons})" if reasons else "")
+            + f"; without them: {str(getattr(row, 'verdict_unthrottled', 'not computed')).split(' if the ratio')[0]}")
+
+
 def group_answer(benchmark: str, rows: pd.DataFrame, failures: dict[str, str], margin: float) -> tuple[str, str]:
     """(outcome, sentence) for one workload group and one arm: ``fails``, ``slower``, ``faster``,
     ``same`` or ``not sure``, and the sentence that says it with the interval (``rows``: the
@@ -229,8 +249,7 @@ def group_answer(benchmark: str, rows: pd.DataFrame, failures: dict[str, str], m
     def slow_text(row: Any) -> str:
         text = str(row.verdict).replace("overhead ", "slower by ", 1)
         if _throttled_share(row) > DOMINATED_SHARE:
-            text += (f", but {100 * _throttled_share(row):.0f} % of its samples ran while the GPU was throttled "
-                     f"(without them: {getattr(row, 'verdict_unthrottled', 'not computed')})")
+            text = f"all samples: {text}; {throttle_note(row)}"
         return text
 
     if not slower.empty:
@@ -281,9 +300,14 @@ def untested(roles: dict[str, str], suite: str, arms: list[str], baseline_not_ba
     return items
 
 
+#: Below this a p-value reads "< 1e-4": smaller ones say nothing more to a reader.
+P_FLOOR = 1e-4
+
+
 def p_text(p: float) -> str:
-    """A p-value as read in a table: three significant digits, "< 1e-16" where it underflows to 0 (a
-    difference or an equivalence far beyond the noise), "—" where none was computed."""
+    """A p-value as read in a table: two significant digits (``0.032``), "< 1e-4" below
+    :data:`P_FLOOR` (a difference or an equivalence far beyond the noise), "—" where none was computed.
+    summary.csv and summary.json keep the full value."""
     if p is None or not np.isfinite(p):
         return "—"
-    return "< 1e-16" if p < 1e-16 else f"{p:.3g}"
+    return f"< {P_FLOOR:.0e}".replace("e-0", "e-") if p < P_FLOOR else f"{p:.2g}"

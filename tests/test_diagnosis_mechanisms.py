@@ -52,7 +52,7 @@ def test_the_sample_isolated_arm_differs_in_shm_network_and_filesystem_but_no_qu
     assert names[0] == "shm" and {"network", "filesystem", "env:(informational)", "no_effect"} <= set(names)
     shm = found[0]
     assert shm.alignments == (AlignShm(128 << 30), AlignIpcHost())
-    assert shm.evidence("native", "isolated") == "shm.size_bytes: 137438953472 in native, 67108864 in isolated"
+    assert shm.evidence("native", "isolated") == "shm.size_bytes: 128 GiB in native, 64 MiB in isolated"
     informational = next(d for d in found if d.mechanism == "env:(informational)")
     assert "env.NCCL_VERSION" in {kd.key for kd in informational.keys}  # describes the image; configures nothing
 

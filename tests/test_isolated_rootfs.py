@@ -458,7 +458,7 @@ def test_rootfs_fingerprint_shows_the_image_stack(four_arm_run, exported_rootfs)
 @pytest.mark.docker
 @pytest.mark.notebook
 def test_the_report_splits_the_container_overhead_into_isolation_and_stack(four_arm_run, tmp_path):
-    from benchlib.report import build_report
+    from benchlib.report import analyse, build_report
 
     report = build_report(four_arm_run, docs_dir=tmp_path / "docs")
     page = report.html.read_text()
@@ -468,11 +468,14 @@ def test_the_report_splits_the_container_overhead_into_isolation_and_stack(four_
     assert "Arms: native = native, isolated = isolated, rootfs = rootfs, container = container" in section
     assert "too few invocations for confidence intervals" in section  # two invocations an arm
     assert "split into isolation, software stack and their interaction" in section  # the figure
-    stack_diff = section[section.index("What differs: native vs rootfs"):section.index("What differs: native vs isolated")]
-    assert "python.executable" in stack_diff and "/opt/venv/bin/python3" in stack_diff  # the image's userland
-    isolation_diff = section[section.index("What differs: native vs isolated"):]
-    assert "shm.size_bytes" in isolation_diff and "67108864" in isolation_diff  # the container's 64 MiB /dev/shm
-    assert "python.executable" not in isolation_diff  # same userland
+    # one environment table, each difference with the effect it belongs to
+    env = page[page.index('id="What-differs-between-the-arms"'):page.index('id="Comparisons"')]
+    assert "python.executable" in env and "/opt/venv/bin/python3" in env  # the image's userland
+    assert "shm.size_bytes" in env and "64 MiB" in env  # the container's /dev/shm, in human units
+    frame = analyse(four_arm_run).env_frame().set_index("key")
+    assert "stack" in frame.loc["python.executable", "effect"]
+    assert "isolation" not in frame.loc["python.executable", "effect"]  # same userland
+    assert "isolation" in frame.loc["shm.size_bytes", "effect"] and frame.loc["shm.size_bytes", "isolated"] == "64 MiB"
     summary = json.loads(report.summary_json.read_text())
     assert summary["decomposition_arms"] == {"native": "native", "isolated": "isolated", "rootfs": "rootfs",
                                              "container": "container"}

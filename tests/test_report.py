@@ -162,7 +162,8 @@ def test_the_report_is_one_offline_page_of_outputs_only(two_arm: Built):
     assert not re.search(r"<link[^>]*\bhref\s*=\s*[\"']https?:", page)
     assert page.count("cdn.plot.ly") <= 1  # plotly.js's own default topojson URL, never fetched here
     assert page.count('class="plotly-graph-div"') == len(FIGURES)
-    for heading in ("The run", "Verdict per arm", "Overhead per case", "What differs between the arms", "Summary"):
+    for heading in ("The run", "System and software", "Verdict per arm", "Overhead per case",
+                    "What differs between the arms", "Comparisons", "How this run was made"):
         assert f'<h2 id="{heading.replace(" ", "-")}">{heading}' in page
     # the answer comes first: before the run's facts, one question per compared arm, the matmul group's
     # outcome, how sure, and what was not tested with the command that would test it
@@ -215,6 +216,31 @@ def test_summaries_are_written_beside_the_run(two_arm: Built):
     markdown = report.markdown.read_text()
     assert markdown.startswith(f"# Comparison report: {two_arm.run_dir.name}") and "## Verdict" in markdown
     assert XSS not in markdown
+    # the comparisons grouped by outcome as in the page, one compare_to line each
+    analysis = analyse(two_arm.run_dir)
+    for outcome in dict.fromkeys(analysis.lines["outcome"]):
+        count = int(analysis.lines["outcome"].eq(outcome).sum())
+        assert re.search(rf"^### .+ \({count}\)$", markdown, re.M)
+    assert markdown.count("\n- matmul n=128 dtype=") == len(analysis.lines)
+    assert "## System and software" in markdown and "## What differs between the arms" in markdown
+
+
+def test_the_page_has_contents_a_way_back_and_the_command_that_made_the_run(two_arm: Built):
+    page = two_arm.report.html.read_text()
+    nav = page[page.index('<nav class="benchlib-nav"'):page.index("</nav>")]
+    targets = re.findall(r'href="#([^"]+)"', nav)
+    assert len(targets) >= 10 and "Comparisons" in targets and "How-this-run-was-made" in targets
+    for target in targets:  # every entry of the contents leads to a heading of the page
+        assert page.count(f'id="{target}"') == 1, target
+    assert 'href="../index.html"' in nav
+    assert page.index("<nav") < page.index('class="benchlib-answer"')  # the answer stays first under it
+    # run through the CLI: the manifest recorded the command, and the footer shows it
+    command = Manifest.load(two_arm.run_dir).benchlib["command"]
+    assert command.startswith("benchlib run --suite ") and "--no-progress" in command
+    footer = page[page.index('id="How-this-run-was-made"'):]
+    assert html.escape(command) in footer and "commit" in footer
+    # a CPU-only run has no GPU telemetry, and the first screen says so
+    assert "No GPU telemetry was recorded" in page[page.index('class="benchlib-answer"'):page.index('id="The-run"')]
 
 
 def test_the_index_lists_the_report_and_jekyll_is_off(two_arm: Built):
@@ -295,10 +321,13 @@ def test_gpu_telemetry_gives_energy_per_work_ceilings_and_throttle_notes(tmp_pat
     fractions = analysis.ceilings
     assert fractions["fraction"].between(0, 1.0 + 1e-9).all() and fractions["source"].notna().all()
     ok = analysis.results[(analysis.results["arm"] == "native-1thread") & (analysis.results["status"] == "ok")]
-    shares = ok.groupby("case")["invocation"].agg(lambda inv: (inv == 1).mean())  # invocation 1 was throttled
+    # invocation 1 was throttled; the share is of the compared (performance) samples, not of the check rows
+    from benchlib.findings import performance_rows
+    shares = performance_rows(ok).groupby("case")["invocation"].agg(lambda inv: (inv == 1).mean())
     throttled = sorted(p for p in analysis.problems if "ran while the GPU was throttled" in p)
     assert throttled == sorted(f"{100 * share:.0f} % of the samples of native-1thread in matmul {case} ran while the "
-                               "GPU was throttled; the summary table also shows the verdict without them."
+                               "GPU was throttled (by software thermal slowdown 100 %); the comparison tables also "
+                               "show the verdict without them."
                                for case, share in shares.items())
     assert "verdict_unthrottled" in analysis.comparison.columns
     telemetry_figure = analysis.figure("telemetry")

@@ -22,6 +22,7 @@ from fnmatch import fnmatchcase
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from .. import envdiff
+from ..units import env_value
 from .alignments import (AlignCpuQuota, AlignCpuset, AlignIpcHost, AlignMemoryLimit, AlignNetworkHost, Alignment,
                          AlignShm, AlignUlimit, ApplyEnv, SeccompUnconfined, SetEnv, SetThreads, StackSplit)
 from .classes import (CAPACITY, COLLECTIVES, EVERY_WORKLOAD, FILES_NETWORK, GPU_KERNELS, HOST, NO_KNOWN_EFFECT,
@@ -57,8 +58,10 @@ class Difference:
         return bool(self.alignments)
 
     def evidence(self, baseline: str = "baseline", arm: str = "arm", limit: int = 2) -> str:
-        """``shm.size_bytes: 137438953472 in native, 67108864 in isolated`` for the first ``limit`` keys."""
-        shown = [f"{kd.key}: {kd.baseline} in {baseline}, {kd.arm} in {arm}" for kd in self.keys[:limit]]
+        """``shm.size_bytes: 128 GiB in native, 64 MiB in isolated`` for the first ``limit`` keys (byte
+        counts in binary units, benchlib.units.env_value)."""
+        shown = [f"{kd.key}: {env_value(kd.key, kd.baseline)} in {baseline}, {env_value(kd.key, kd.arm)} in {arm}"
+                 for kd in self.keys[:limit]]
         more = len(self.keys) - limit
         return "; ".join(shown) + (f" (and {more} more key{'s' if more > 1 else ''})" if more > 0 else "")
 
