@@ -501,7 +501,9 @@ class Analysis:
         if recorded:
             return str(recorded), True
         counts = [inv.invocation for inv in self.manifest.invocations]
-        parts = ["benchlib", "run", "--suite", self.manifest.suite,
+        suite_file = Path(self.manifest.suite_file) if self.manifest.suite_file else None
+        bundled = suite_file is None or suite_file.parent.name == "suites"  # params/suites/NAME.yaml: by name
+        parts = ["benchlib", "run", "--suite", self.manifest.suite if bundled else str(suite_file),
                  "--arms", ",".join(str(spec.get("name")) for spec in self.manifest.arms)]
         if self.manifest.sequential:
             parts += ["--until", "conclusive"]
