@@ -1,7 +1,7 @@
 """The comparisons as people read them: grouped by outcome (slower, faster, the same, open, failed),
 one line per comparison in the style of pyperf's ``compare_to``::
 
-    matmul n=8192 dtype=bf16 time: 1.23 ms ± 0.01 ms -> 1.26 ms ± 0.02 ms: 1.021x slower [1.004, 1.022]
+    matmul n=8192 dtype=bf16 time (isolated vs native): 1.23 ms ± 0.01 ms → 1.26 ms ± 0.02 ms: 1.021x slower [1.004, 1.022]
 
 ``±`` is the spread between invocations (the standard deviation of the invocations' medians: the
 invocation is the independent unit), the interval the ratio's 95 % confidence interval from
@@ -28,7 +28,7 @@ __all__ = ["CSS", "LINE_COLUMNS", "OUTCOMES", "OUTCOME_TITLES", "Line", "case_pa
 OUTCOMES = ("slower", "faster", "same", "open", "failed")
 OUTCOME_TITLES = {
     "slower": "Slower", "faster": "Faster", "same": "The same within the margin",
-    "open": "Open: not decided (the interval is wider than the margin, or too few invocations)",
+    "open": "Open, not decided: the interval is wider than the margin, or too few invocations",
     "failed": "Failed: no result in the arm where the baseline has one",
 }
 
@@ -183,11 +183,12 @@ def comparison_lines(comparison: pd.DataFrame, results: pd.DataFrame, margin: fl
         unthrottled = ""
         if _dominated(row) and hasattr(row, "verdict_unthrottled"):
             reasons = throttle_reasons_of(row)
-            unthrottled = (f"{getattr(row, 'verdict_unthrottled')} (throttled"
+            verdict = str(getattr(row, "verdict_unthrottled")).split(" if the ratio")[0]
+            unthrottled = (f"{verdict} (throttled"
                            + (f" by {reasons}" if reasons else "") + ")")
         label = f"{row.benchmark} {_params_text(row.case)} {row.metric}"
         who = f" ({row.arm} vs {row.baseline})"
-        text = f"{label}{who}: {base_value} -> {arm_value}: {change}"
+        text = f"{label}{who}: {base_value} → {arm_value}: {change}"
         if unthrottled:
             text += f"; without the throttled samples: {unthrottled}"
         lines.append(Line(outcome, str(row.benchmark), str(row.case), str(row.metric), str(row.arm),

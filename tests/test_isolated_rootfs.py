@@ -462,7 +462,7 @@ def test_the_report_splits_the_container_overhead_into_isolation_and_stack(four_
 
     report = build_report(four_arm_run, docs_dir=tmp_path / "docs")
     page = report.html.read_text()
-    section = page[page.index("Isolation or software stack?"):page.index("Samples per case")]
+    section = page[page.index('<h2 id="Isolation-or-software-stack'):page.index('<h2 id="Samples-per-case"')]
     for column in ("isolation effect [95 % CI]", "stack effect [95 % CI]", "interaction [95 % CI]", "total [95 % CI]"):
         assert column in section
     assert "Arms: native = native, isolated = isolated, rootfs = rootfs, container = container" in section

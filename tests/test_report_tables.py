@@ -88,7 +88,7 @@ def test_each_comparison_is_one_compare_to_line_with_the_spread_and_the_interval
     comparison, results = _planted()
     lines = comparison_lines(comparison, results, MARGIN)
     slower = lines.loc[lines["outcome"] == "slower", "line"].item()
-    assert slower == ("matmul n=8192 dtype=bf16 time (isolated vs native): 1.23 ms ± 0.01 ms -> "
+    assert slower == ("matmul n=8192 dtype=bf16 time (isolated vs native): 1.23 ms ± 0.01 ms → "
                       "1.26 ms ± 0.01 ms: 1.021x slower [1.004, 1.022]")
     same = lines.loc[lines["outcome"] == "same"].iloc[0]
     assert same["change"] == "1.000x [0.999, 1.006]: the same within ±2 %"
