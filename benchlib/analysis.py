@@ -25,7 +25,7 @@ from .checks.baseline import CHECK as NOT_BARE_METAL, bare_metal_findings
 from .checks.clocks import clock_fractions, stuck_clock_findings
 from .checks.memory import memory_by_arm, memory_findings
 from .figures import CSS, Html
-from .findings import check_problems, context_findings, performance_rows
+from .findings import check_problems, context_findings, higher_is_better, performance_rows
 from .layout import RESULTS_FILE
 from .manifest import COMPLETE, FAILED, Invocation, Manifest
 from .numbers import ceiling_fractions, energy_per_work, ok_rows, slower_rows
@@ -200,7 +200,8 @@ class Analysis:
         arm, or without an isolated or rootfs arm (the total alone is the forest plot's container row)."""
         if "native" not in self.roles or not {"isolated", "rootfs"} & set(self.roles):
             return pd.DataFrame(columns=stats.DECOMPOSE_COLUMNS)
-        return stats.decompose(performance_rows(self.results), **self.roles)
+        performance = performance_rows(self.results)
+        return stats.decompose(performance, **self.roles, higher_is_better=higher_is_better(performance))
 
     # ----------------------------------------------------------------- words
 
@@ -722,8 +723,8 @@ def _compare(results: pd.DataFrame, telemetry: pd.DataFrame, baseline: str | Non
     subset = frame[keep]
     if subset.empty:
         return empty
-    with np.errstate(divide="ignore", invalid="ignore"):
-        compared = method(subset, baseline=baseline, margin=margin)
+    with np.errstate(divide="ignore", invalid="ignore"):  # each metric's direction from its MetricSpec
+        compared = method(subset, baseline=baseline, margin=margin, higher_is_better=higher_is_better(subset))
     return compared if telemetry.empty else _with_reasons(compared, telemetry)
 
 

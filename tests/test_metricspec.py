@@ -159,3 +159,18 @@ def test_an_undeclared_metric_is_inferred_from_its_unit_and_listed():
     assert findings.undeclared(frame) == [("mine", "latency"), ("mine", "widgets")]
     roles = findings.classify(frame).set_index("metric")["role"]
     assert roles.to_dict() == {"latency": PERFORMANCE, "widgets": CONTEXT}
+
+
+def test_the_report_reads_a_higher_roofline_fraction_as_faster(sample):
+    """A fraction of the roofline is better when higher (its MetricSpec): the analysis passes that
+    direction on, so the sample's prefill fraction that rose from 0.032 to 0.039 in the isolated arm
+    reads as a negative overhead, and its time-like metrics keep reading a larger value as slower."""
+    from benchlib.analysis import analyse
+
+    comparison = analyse(SAMPLE).comparison
+    fractions = comparison[comparison["metric"] == "prefill_roofline_fraction"]
+    assert len(fractions) == 2 and (fractions["ratio"] > 1.1).all()
+    assert (fractions["overhead"] < -0.1).all()
+    assert np.allclose(fractions["overhead"], 1 / fractions["ratio"] - 1)
+    times = comparison[comparison["unit"] == "s"]
+    assert np.allclose(times["overhead"], times["ratio"] - 1)
